@@ -1,0 +1,209 @@
+"""Plain values passed between the stages. No I/O here, and nothing here imports another module
+of this package except the standard library.
+
+Datetimes are always timezone-aware and keep the offset the source wrote (`+08:00` stays
+`+08:00`): subscribers in the source's own time zone see the time as it was published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    name: str = ""
+    email: str = ""
+    uri: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        pairs = (("name", self.name), ("email", self.email), ("uri", self.uri))
+        return {key: value for key, value in pairs if value}
+
+
+@dataclass(frozen=True, slots=True)
+class Enclosure:
+    url: str
+    type: str = ""
+    length: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "type": self.type, "length": self.length}
+
+
+# --- fetch results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What a server told us to send back next time (RFC 9110 §13 conditional requests)."""
+
+    etag: str = ""
+    last_modified: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    url: str
+    final_url: str
+    status: int
+    content_type: str
+    body: bytes
+    validators: Validators = Validators()
+
+
+@dataclass(frozen=True, slots=True)
+class NotModified:
+    """The server answered 304: nothing to parse, only the source's state changes."""
+
+    url: str
+    validators: Validators = Validators()
+
+
+# --- parse results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEntry:
+    """One entry as the source wrote it: HTML not yet sanitized, ids not yet derived."""
+
+    guid: str = ""
+    link: str = ""
+    title: str = ""
+    content: str = ""
+    summary: str = ""
+    authors: tuple[Author, ...] = ()
+    published: datetime | None = None
+    updated: datetime | None = None
+    enclosures: tuple[Enclosure, ...] = ()
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedFeed:
+    title: str = ""
+    link: str = ""
+    format: str = ""
+    entries: tuple[ParsedEntry, ...] = ()
+
+
+# --- the normalized entry ------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """An entry as we store and republish it (DESIGN.md, "The normalized entry")."""
+
+    id: str
+    source: str
+    category: str
+    tags: tuple[str, ...]
+    title: str
+    link: str
+    content: str
+    summary: str
+    first_seen: datetime
+    authors: tuple[Author, ...] = ()
+    published: datetime | None = None
+    updated: datetime | None = None
+    enclosures: tuple[Enclosure, ...] = ()
+    categories: tuple[str, ...] = ()
+    source_title: str = ""
+    source_link: str = ""
+
+    @property
+    def date(self) -> datetime:
+        """The date readers sort by: published, else updated, else when we first saw it."""
+        return self.published or self.updated or self.first_seen
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "source": self.source,
+            "category": self.category,
+            "tags": list(self.tags),
+            "title": self.title,
+            "link": self.link,
+            "content": self.content,
+            "summary": self.summary,
+            "authors": [a.to_dict() for a in self.authors],
+            "published": _iso(self.published),
+            "updated": _iso(self.updated),
+            "enclosures": [e.to_dict() for e in self.enclosures],
+            "categories": list(self.categories),
+            "source_title": self.source_title,
+            "source_link": self.source_link,
+            "first_seen": _iso(self.first_seen),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Entry:
+        first_seen = _from_iso(data["first_seen"])
+        assert first_seen is not None
+        return cls(
+            id=data["id"],
+            source=data["source"],
+            category=data["category"],
+            tags=tuple(data["tags"]),
+            title=data["title"],
+            link=data["link"],
+            content=data["content"],
+            summary=data["summary"],
+            first_seen=first_seen,
+            authors=tuple(Author(**a) for a in data["authors"]),
+            published=_from_iso(data["published"]),
+            updated=_from_iso(data["updated"]),
+            enclosures=tuple(Enclosure(**e) for e in data["enclosures"]),
+            categories=tuple(data.get("categories", ())),
+            source_title=data.get("source_title", ""),
+            source_link=data.get("source_link", ""),
+        )
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Entry:
+        return cls.from_dict(json.loads(raw))
+
+
+# --- per-source state ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """What we remember about polling one source; shown by `aggregator status`."""
+
+    name: str
+    url: str = ""
+    status: int = 0
+    last_poll: datetime | None = None
+    last_success: datetime | None = None
+    next_due: datetime | None = None
+    last_error: str = ""
+    failures: int = 0
+    entries: int = 0
+    new_entries: int = 0
+    stored: int = 0
+    validators: Validators = field(default_factory=Validators)
+
+
+def entry_digest(entry: Entry) -> str:
+    """A hash of everything the source says about an entry, plus where we file it; not of when
+    we first saw it. Equal digests mean there is nothing to rewrite."""
+    data = entry.to_dict()
+    del data["first_seen"]
+    blob = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(blob.encode("utf-8"), digest_size=12).hexdigest()

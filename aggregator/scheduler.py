@@ -1,0 +1,199 @@
+"""The scheduler: polls every enabled source at its interval, for as long as the worker runs.
+
+Due times live in Redis (one sorted set), not in this process, so any number of workers on any
+machines share the work: APScheduler ticks once a second, and each tick claims the sources that
+are due, moving their due time ahead by a lease in the same atomic step (`Store.claim_due`).
+A poll that finishes records the real next due time; one whose worker died comes due again when
+the lease runs out. `aggregator reload` bumps a counter that every worker checks on each tick.
+The only module that imports apscheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor
+from datetime import timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from aggregator.config import Config, Source
+from aggregator.errors import AggregatorError, ConfigError
+from aggregator.fetch import Fetcher
+from aggregator.store import Store
+from aggregator.update import Clock, Outcome, Updater, utcnow
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 1.0
+MAX_IN_FLIGHT = 64
+
+
+def parse_pool() -> Executor:
+    """Processes for parsing: feedparser is pure Python, so threads would share one core.
+    forkserver, because forking a process that runs threads (APScheduler, the web server)
+    can copy a held lock into the child."""
+    return ProcessPoolExecutor(
+        max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("forkserver")
+    )
+
+
+class Worker:
+    def __init__(
+        self,
+        load_config: Callable[[], Config],
+        store: Store,
+        *,
+        config: Config | None = None,
+        executor: Executor | None = None,
+        tick: float = TICK_SECONDS,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._load_config = load_config
+        self.config = config or load_config()
+        self.store = store
+        self.executor = executor
+        self.tick_seconds = tick
+        self.max_in_flight = max_in_flight
+        self.clock = clock
+        self.polls = 0
+        self._tasks: set[asyncio.Task[Outcome | None]] = set()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fetcher: Fetcher | None = None
+        self._updater: Updater | None = None
+        self._reload_version = 0
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def run(self, *, handle_signals: bool = True) -> None:
+        """Poll until `stop()` is called (or SIGINT/SIGTERM; SIGHUP reloads feeds.yaml)."""
+        asyncio.run(self._main(handle_signals))
+
+    def stop(self) -> None:
+        """Safe from any thread."""
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            loop.call_soon_threadsafe(stop.set)
+
+    async def _main(self, handle_signals: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self._stop.set)
+            self._loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        own_executor = self.executor is None
+        executor = self.executor or parse_pool()
+        self._reload_version = await asyncio.to_thread(self.store.reload_version)
+        await self._apply(self.config, executor)
+        scheduler = AsyncIOScheduler(event_loop=self._loop)
+        scheduler.add_job(
+            self._tick,
+            "interval",
+            seconds=self.tick_seconds,
+            next_run_time=self.clock(),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            id="tick",
+        )
+        scheduler.start()
+        log.info("worker started: %d sources", len(self.config.enabled_sources))
+        try:
+            await self._stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._fetcher is not None:
+                await self._fetcher.__aexit__(None, None, None)
+            if own_executor:
+                executor.shutdown(cancel_futures=True)
+            log.info("worker stopped after %d polls", self.polls)
+
+    def _request_reload(self) -> None:
+        self._reload_version = -1  # differs from any counter: the next tick reloads
+
+    async def _apply(self, config: Config, executor: Executor) -> None:
+        """Start using `config`: a new HTTP client for its settings, the due set in step."""
+        old = self._fetcher
+        fetcher = await Fetcher(config.settings).__aenter__()
+        self.config, self._fetcher = config, fetcher
+        self._updater = Updater(config, self.store, fetcher, executor=executor, clock=self.clock)
+        names = [s.name for s in config.enabled_sources]
+        await asyncio.to_thread(self.store.sync_sources, names, self.clock())
+        if old is not None:
+            running = list(self._tasks)
+            asyncio.get_running_loop().create_task(_close_after(old, running))
+
+    # --- the tick -------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        try:
+            await self._maybe_reload()
+            updater = self._updater
+            assert updater is not None
+            free = self.max_in_flight - len(self._tasks)
+            now = self.clock()
+            lease = timedelta(seconds=self.config.settings.timeout * 3 + 60)
+            names = await asyncio.to_thread(self.store.claim_due, now, now + lease, free)
+        except AggregatorError as err:
+            log.error("tick failed: %s", err)
+            return
+        for name in names:
+            try:
+                source = self.config.source(name)
+            except KeyError:
+                continue  # removed from feeds.yaml since it was scheduled
+            task = asyncio.get_running_loop().create_task(self._poll(updater, source))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _poll(self, updater: Updater, source: Source) -> Outcome | None:
+        try:
+            outcome = await updater.poll(source)
+        except AggregatorError as err:
+            log.error("poll %s: %s", source.name, err)
+            return None
+        except Exception:  # a bug must not kill the worker; it is logged with its traceback
+            log.exception("poll %s crashed", source.name)
+            return None
+        self.polls += 1
+        if outcome.ok:
+            log.info(
+                "poll %s: HTTP %s, %d entries, %d new, %d updated",
+                outcome.source,
+                outcome.status,
+                outcome.entries,
+                outcome.new,
+                outcome.updated,
+            )
+        else:
+            log.warning("poll %s failed: %s", outcome.source, outcome.error)
+        return outcome
+
+    async def _maybe_reload(self) -> None:
+        version = await asyncio.to_thread(self.store.reload_version)
+        if version == self._reload_version:
+            return
+        self._reload_version = version
+        try:
+            config = await asyncio.to_thread(self._load_config)
+        except ConfigError as err:
+            log.error("reload refused, keeping the running configuration: %s", err)
+            return
+        assert self._updater is not None and self._updater.executor is not None
+        await self._apply(config, self._updater.executor)
+        log.info("reloaded %s: %d sources", config.path, len(config.enabled_sources))
+
+
+async def _close_after(fetcher: Fetcher, tasks: list[asyncio.Task[Outcome | None]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await fetcher.__aexit__(None, None, None)

@@ -1,0 +1,156 @@
+"""The per-source update: fetch → parse → normalize → store, for one source or many at once.
+
+This is where the stages meet; each stays ignorant of the others. A source's failure is
+recorded on that source (status, reason, failures in a row, next due time with backoff) and
+never stops the others. Parsing is CPU-bound pure Python, so it can run in a process pool
+handed in by the caller; the fetches are asynchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aggregator import schedule
+from aggregator.config import Config, Source
+from aggregator.errors import SourceError
+from aggregator.fetch import Fetcher
+from aggregator.models import Entry, FetchResult, NotModified
+from aggregator.normalize import normalize
+from aggregator.parse import parse
+from aggregator.store import Store
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one poll of one source did; `ok` is False when it failed."""
+
+    source: str
+    ok: bool
+    status: int = 0
+    entries: int = 0
+    new: int = 0
+    updated: int = 0
+    not_modified: bool = False
+    error: str = ""
+    seconds: float = 0.0
+
+
+def process(
+    source: Source, body: bytes, url: str, content_type: str, fetched_at: datetime
+) -> list[Entry]:
+    """Parse and normalize one fetched document. Pure, and picklable for a process pool."""
+    feed = parse(body, url, content_type)
+    return normalize(
+        source, feed, feed_url=url, fetched_at=fetched_at, source_title=source.title or ""
+    )
+
+
+class Updater:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        fetcher: Fetcher,
+        *,
+        executor: Executor | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.fetcher = fetcher
+        self.executor = executor
+        self.clock = clock
+
+    async def poll(self, source: Source) -> Outcome:
+        """Poll one source now and record the result. Never raises for the source's own faults;
+        a StorageError (Redis gone) does propagate: nothing could be recorded."""
+        started = time.perf_counter()
+        store = self.store
+        previous = (await asyncio.to_thread(store.source_states, [source.name]))[0]
+        now = self.clock()
+        interval = self.config.interval(source)
+        state: dict[str, str | int | float] = {"url": source.url, "last_poll": now.timestamp()}
+        try:
+            fetched = await self.fetcher.fetch(source.url, previous.validators)
+            state.update(
+                etag=fetched.validators.etag, last_modified=fetched.validators.last_modified
+            )
+            if isinstance(fetched, NotModified):
+                state.update(status=304, last_error="", failures=0, last_success=now.timestamp())
+                await asyncio.to_thread(
+                    store.save_state, source.name, state, schedule.next_due(now, interval)
+                )
+                return Outcome(
+                    source.name,
+                    True,
+                    304,
+                    previous.entries,
+                    not_modified=True,
+                    seconds=time.perf_counter() - started,
+                )
+            entries = await self._process(source, fetched, now)
+        except SourceError as err:
+            failures = previous.failures + 1
+            status = getattr(err, "status", None) or 0
+            state.update(status=status, last_error=str(err), failures=failures)
+            await asyncio.to_thread(
+                store.save_state, source.name, state, schedule.next_due(now, interval, failures)
+            )
+            return Outcome(
+                source.name, False, status, error=str(err), seconds=time.perf_counter() - started
+            )
+        state.update(
+            status=fetched.status,
+            last_error="",
+            failures=0,
+            entries=len(entries),
+            last_success=now.timestamp(),
+            final_url=fetched.final_url,
+        )
+        result = await asyncio.to_thread(
+            store.save_poll, source.name, entries, state, schedule.next_due(now, interval)
+        )
+        return Outcome(
+            source.name,
+            True,
+            fetched.status,
+            len(entries),
+            result.new,
+            result.updated,
+            seconds=time.perf_counter() - started,
+        )
+
+    async def _process(self, source: Source, fetched: FetchResult, now: datetime) -> list[Entry]:
+        args = (source, fetched.body, fetched.final_url, fetched.content_type, now)
+        if self.executor is None:
+            return process(*args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, process, *args)
+
+    async def poll_many(
+        self,
+        sources: Iterable[Source],
+        on_done: Callable[[Outcome], Awaitable[None] | None] | None = None,
+    ) -> list[Outcome]:
+        """Poll every source concurrently; outcomes in the order given."""
+
+        async def one(source: Source) -> Outcome:
+            outcome = await self.poll(source)
+            if on_done is not None:
+                maybe = on_done(outcome)
+                if maybe is not None:
+                    await maybe
+            return outcome
+
+        return list(await asyncio.gather(*(one(s) for s in sources)))

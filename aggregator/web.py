@@ -1,0 +1,230 @@
+"""Web: the merged feeds, the HTML pages and the health endpoints. The only module that imports
+Flask. It reads the store and renders; it never fetches.
+
+`create_app()` does nothing at import time: it reads the configuration (from the environment
+unless given one), opens the store, and attaches both under `app.extensions["aggregator"]`.
+Production: `gunicorn 'aggregator.web:create_app()'`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import quote
+
+from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from aggregator import config as config_module
+from aggregator import keys
+from aggregator.config import Config
+from aggregator.errors import StorageError
+from aggregator.render import FORMATS, MEDIA_TYPES, FeedInfo, Format, last_modified, render
+from aggregator.services import open_store
+from aggregator.store import Store
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+FEED_MAX_AGE = 60
+
+FEED_REQUESTS = Counter("aggregator_feed_requests", "Feed requests served", ["format", "status"])
+
+bp = Blueprint("aggregator", __name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    config: Config
+    store: Store
+
+
+def services() -> Services:
+    return cast(Services, current_app.extensions["aggregator"])
+
+
+def create_app(config: Config | None = None, store: Store | None = None) -> Flask:
+    app = Flask(__name__)
+    if config is None:
+        config = config_module.from_environ()
+    if store is None:
+        store, embedded = open_store(config)
+        if embedded is not None:
+            atexit.register(embedded.stop)
+    app.extensions["aggregator"] = Services(config, store)
+    app.jinja_env.globals["media"] = {f: MEDIA_TYPES[f].split(";")[0] for f in FORMATS}
+    app.register_blueprint(bp)
+    app.register_error_handler(StorageError, _storage_unavailable)
+    app.register_error_handler(HTTPException, _plain_error)
+    return app
+
+
+def _plain_error(err: HTTPException) -> Response:
+    return Response(
+        f"{err.code} {err.name}: {err.description}\n", status=err.code, mimetype="text/plain"
+    )
+
+
+def _storage_unavailable(err: StorageError) -> Response:
+    return Response(
+        f"503 Service Unavailable: {err}\n",
+        status=503,
+        mimetype="text/plain",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _limit() -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    try:
+        value = int(raw)
+    except ValueError:
+        abort(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    if value < 1:
+        abort(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return min(value, MAX_LIMIT)
+
+
+def _format(fmt: str) -> Format:
+    if fmt not in FORMATS:
+        abort(404, f"unknown feed format {fmt!r}: use .atom, .rss or .json")
+    return fmt
+
+
+def _known(kind: keys.Kind, name: str) -> None:
+    cfg, store = services().config, services().store
+    names = cfg.tag_names() if kind == "tag" else cfg.category_names()
+    if name not in names and store.count(kind, name) == 0:
+        abort(404, f"no {kind} named {name!r}")
+
+
+def _info(kind: keys.Kind, name: str) -> FeedInfo:
+    cfg = services().config
+    settings = cfg.settings
+    if kind == "all":
+        title, description, path, html_path = (
+            "All entries",
+            "Every entry from every source",
+            "/all",
+            "/",
+        )
+    else:
+        meta = (cfg.tags if kind == "tag" else cfg.categories).get(name)
+        title = cfg.tag_title(name) if kind == "tag" else cfg.category_title(name)
+        description = (meta.description if meta else None) or title
+        folder = "tags" if kind == "tag" else "categories"
+        path = html_path = f"/{folder}/{quote(name, safe='')}"
+    return FeedInfo(
+        title=title,
+        description=description,
+        public_url=settings.public_url,
+        path=path,
+        html_path=html_path,
+        hub=settings.websub_hub,
+    )
+
+
+def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
+    feed_format = _format(fmt)
+    if kind != "all":
+        _known(kind, name)
+    entries = services().store.entries(kind, name, limit=_limit())
+    body = render(feed_format, _info(kind, name), entries)
+    response = Response(body, mimetype=MEDIA_TYPES[feed_format].split(";")[0])
+    response.content_type = MEDIA_TYPES[feed_format]
+    # The ETag is a hash of the bytes: identical data gives the identical tag on every worker.
+    response.set_etag(hashlib.sha256(body).hexdigest()[:32])
+    response.last_modified = last_modified(entries)
+    response.cache_control.public = True
+    response.cache_control.max_age = FEED_MAX_AGE
+    response.make_conditional(request)
+    FEED_REQUESTS.labels(feed_format, str(response.status_code)).inc()
+    return response
+
+
+@bp.get("/all.<fmt>")
+def all_feed(fmt: str) -> Response:
+    return _feed("all", "", fmt)
+
+
+@bp.get("/tags/<path:name>.<fmt>")
+def tag_feed(name: str, fmt: str) -> Response:
+    return _feed("tag", name, fmt)
+
+
+@bp.get("/categories/<path:name>.<fmt>")
+def category_feed(name: str, fmt: str) -> Response:
+    return _feed("category", name, fmt)
+
+
+@bp.get("/")
+def index() -> str:
+    cfg, store = services().config, services().store
+    tags = [(t, cfg.tag_title(t), store.count("tag", t), _info("tag", t)) for t in cfg.tag_names()]
+    categories = [
+        (c, cfg.category_title(c), store.count("category", c), _info("category", c))
+        for c in cfg.category_names()
+    ]
+    return render_template(
+        "index.html",
+        tags=tags,
+        categories=categories,
+        all_info=_info("all", ""),
+        formats=FORMATS,
+        entries=store.entries("all", limit=20),
+    )
+
+
+@bp.get("/tags/<path:name>")
+def tag_page(name: str) -> str:
+    return _listing("tag", name)
+
+
+@bp.get("/categories/<path:name>")
+def category_page(name: str) -> str:
+    return _listing("category", name)
+
+
+def _listing(kind: keys.Kind, name: str) -> str:
+    _known(kind, name)
+    return render_template(
+        "listing.html",
+        info=_info(kind, name),
+        formats=FORMATS,
+        entries=services().store.entries(kind, name, limit=_limit()),
+    )
+
+
+@bp.get("/entries/<entry_id>")
+def entry_page(entry_id: str) -> str:
+    cfg = services().config
+    entry = services().store.entry(entry_id)
+    if entry is None:
+        abort(404, f"no entry {entry_id!r}")
+    return render_template(
+        "entry.html",
+        entry=entry,
+        category_info=_info("category", entry.category),
+        category_title=cfg.category_title(entry.category),
+    )
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return Response("ok\n", mimetype="text/plain")
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    if services().store.ping():
+        return Response("ready\n", mimetype="text/plain")
+    return Response("redis unreachable\n", status=503, mimetype="text/plain")
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
