@@ -44,7 +44,10 @@ def _rfc822(text: str) -> datetime | None:
 
 
 def _iso8601(text: str) -> datetime | None:
-    candidate = text.replace(" ", "T", 1) if len(text) > 10 and text[10] == " " else text
+    # RFC 3339 §5.6 allows a lowercase "t" and "z", which fromisoformat refuses.
+    candidate = text.upper()
+    if len(candidate) > 10 and candidate[10] == " ":
+        candidate = candidate[:10] + "T" + candidate[11:]
     try:
         value = datetime.fromisoformat(candidate)
     except ValueError:

@@ -79,7 +79,11 @@ class Fetcher:
         limit = self._settings.max_bytes
         try:
             async with self._session.get(
-                url, headers=headers, max_redirects=MAX_REDIRECTS, allow_redirects=True
+                url,
+                headers=headers,
+                # aiohttp gives up when the count *reaches* max_redirects: allow one more.
+                max_redirects=MAX_REDIRECTS + 1,
+                allow_redirects=True,
             ) as response:
                 got = Validators(
                     etag=response.headers.get("ETag", ""),

@@ -22,7 +22,8 @@ from aggregator.text import xml_text
 
 _SPACE = re.compile(r"\s+")
 _ATTRIBUTES = {tag: set(attrs) for tag, attrs in nh3.ALLOWED_ATTRIBUTES.items()}
-_ATTRIBUTES.setdefault("*", set()).add("class")
+# "*" replaces ammonia's generic attributes (lang, title), so they are named again here.
+_ATTRIBUTES["*"] = {"class", "dir", "lang", "title"}
 _ATTRIBUTES.setdefault("img", set()).update({"src", "alt", "title", "width", "height"})
 
 
@@ -31,19 +32,21 @@ def sanitize(fragment: str, base: str) -> str:
     makes relative links absolute against `base`."""
     if not fragment:
         return ""
-    return nh3.clean(
-        xml_text(fragment),
+    cleaned = nh3.clean(
+        fragment,
         attributes=_ATTRIBUTES,
         url_relative=("rewrite_with_base", base) if base else "pass_through",
-    ).strip()
+    )
+    # After cleaning: nh3 decodes character references such as &#x0b; into the raw character.
+    return xml_text(cleaned).strip()
 
 
 def plain_text(fragment: str) -> str:
     """HTML → one line of text (titles, filter matching)."""
     if not fragment:
         return ""
-    stripped = nh3.clean(xml_text(fragment), tags=set(), attributes={})
-    return _SPACE.sub(" ", html.unescape(stripped)).strip()
+    stripped = nh3.clean(fragment, tags=set(), attributes={})
+    return _SPACE.sub(" ", xml_text(html.unescape(stripped))).strip()
 
 
 def entry_id(source: str, entry: ParsedEntry) -> str:

@@ -55,7 +55,7 @@ def parse_xml_feed(body: bytes, url: str, content_type: str = "") -> ParsedFeed:
         title=_text(feed.get("title", "")),
         link=feed.get("link", "") or "",
         format=doc.get("version", "") or "",
-        entries=tuple(_xml_entry(e) for e in doc.entries),
+        entries=tuple(_xml_entry(e, _authors(feed.get("authors"))) for e in doc.entries),
     )
 
 
@@ -63,7 +63,20 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _xml_entry(entry: Any) -> ParsedEntry:
+def _authors(raw: Any) -> tuple[Author, ...]:
+    return tuple(
+        Author(
+            name=_text(a.get("name", "")),
+            email=_text(a.get("email", "")),
+            uri=_text(a.get("href", "")),
+        )
+        for a in raw or ()
+        if isinstance(a, dict) and (a.get("name") or a.get("email") or a.get("href"))
+    )
+
+
+def _xml_entry(entry: Any, feed_authors: tuple[Author, ...]) -> ParsedEntry:
+    """`feed_authors` stand for an entry that names none (RFC 4287 §4.2.1)."""
     content = ""
     for part in entry.get("content") or ():
         value = part.get("value") or ""
@@ -84,17 +97,10 @@ def _xml_entry(entry: Any) -> ParsedEntry:
         title=title if "html" in title_type else html.escape(title, quote=False),
         content=content,
         summary=summary,
-        authors=tuple(
-            Author(
-                name=_text(a.get("name", "")),
-                email=_text(a.get("email", "")),
-                uri=_text(a.get("href", "")),
-            )
-            for a in entry.get("authors") or ()
-            if isinstance(a, dict) and (a.get("name") or a.get("email") or a.get("href"))
-        ),
+        authors=_authors(entry.get("authors")) or feed_authors,
         published=parse_date(entry.get("published"), entry.get("published_parsed")),
-        updated=parse_date(entry.get("updated"), entry.get("updated_parsed")),
+        # dict.get: FeedParserDict.get("updated") falls back to "published" (feedparser #310)
+        updated=parse_date(dict.get(entry, "updated"), dict.get(entry, "updated_parsed")),
         enclosures=tuple(
             Enclosure(url=e["href"], type=_text(e.get("type", "")), length=_int(e.get("length")))
             for e in entry.get("enclosures") or ()

@@ -26,7 +26,7 @@ def next_due(
     delay = backoff(interval, failures)
     if failures > 0:
         spread = (rng or random).uniform(-JITTER, JITTER)
-        delay = min(delay * (1 + spread), MAX_BACKOFF)
+        delay = min(delay * (1 + spread), _cap(interval))
     return now + timedelta(seconds=delay)
 
 
@@ -35,4 +35,9 @@ def backoff(interval: float, failures: int) -> float:
     if failures <= 0:
         return interval
     grown = interval * 2.0 ** min(failures - 1, 32)
-    return min(grown, max(MAX_BACKOFF, interval))
+    return min(grown, _cap(interval))
+
+
+def _cap(interval: float) -> float:
+    """Backoff stops growing at a day, or at the interval when that is longer."""
+    return max(MAX_BACKOFF, interval)

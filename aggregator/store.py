@@ -175,6 +175,8 @@ class Store:
         self, kind: keys.Kind, name: str = "", limit: int = 50, offset: int = 0
     ) -> list[Entry]:
         """Newest first."""
+        if limit <= 0:
+            return []
         with _storage_errors(f"reading {kind} {name}"):
             ids = [
                 str(i)

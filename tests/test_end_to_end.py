@@ -23,20 +23,29 @@ TAG = "经济日报新闻"
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "aggregator", *args], env=env, text=True,
-                          capture_output=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "aggregator", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
-def site(write_config: ConfigWriter, feed_server: FeedServer, environ: dict[str, str]
-         ) -> dict[str, str]:
+def site(
+    write_config: ConfigWriter, feed_server: FeedServer, environ: dict[str, str]
+) -> dict[str, str]:
     feed_server.copy("gbk.xml", "jingji.xml")
     write_config.write(
         [
-            {"name": "jingjiribao", "url": feed_server.url("jingji.xml"),
-             "tags": [TAG, "财经"], "title": "经济日报"},
-            {"name": "tech", "url": feed_server.url("rss2.xml"), "category": "tech",
-             "tags": [TAG]},
+            {
+                "name": "jingjiribao",
+                "url": feed_server.url("jingji.xml"),
+                "tags": [TAG, "财经"],
+                "title": "经济日报",
+            },
+            {"name": "tech", "url": feed_server.url("rss2.xml"), "category": "tech", "tags": [TAG]},
             {"name": "science", "url": feed_server.url("atom.xml"), "tags": ["science"]},
             {"name": "rdf", "url": feed_server.url("rss1.rdf"), "tags": ["science"]},
             {"name": "jsonfeed", "url": feed_server.url("feed.json"), "tags": [TAG]},
@@ -54,8 +63,10 @@ def site(write_config: ConfigWriter, feed_server: FeedServer, environ: dict[str,
 def web(site: dict[str, str]) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "web", "--port", str(port)], env=site,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "aggregator", "web", "--port", str(port)],
+        env=site,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -108,7 +119,8 @@ def test_poll_then_merged_tag_feed_in_three_formats(site: dict[str, str], web: s
     assert b"Tue, 05 Apr 2022 05:50:27 +0800" in rss
     gbk_item = next(i for i in feed["items"] if i["title"] == "一季度城镇新增就业稳步增长")
     assert gbk_item["date_published"] == "2022-04-05T05:50:27+08:00"
-    assert datetime.fromisoformat(gbk_item["date_published"]).utcoffset().total_seconds() == 8 * 3600
+    offset = datetime.fromisoformat(gbk_item["date_published"]).utcoffset()
+    assert offset is not None and offset.total_seconds() == 8 * 3600
     assert "湖南：多渠道拓宽就业岗位" in gbk_item["content_html"]
 
     # the outputs are valid for their formats
@@ -147,13 +159,18 @@ def test_check_lists_every_problem(tmp_path: Path, environ: dict[str, str]) -> N
     env = dict(environ, AGGREGATOR_CONFIG=str(bad))
     result = cli("check", env=env)
     assert result.returncode == 1
-    for problem in ("settings.default_interval: not a duration", "settings.colour: unknown key",
-                    "sources[0].name:", "sources[1].url: not an http(s) URL",
-                    "sources[2].name: duplicate name 'ok'"):
+    for problem in (
+        "settings.default_interval: not a duration",
+        "settings.colour: unknown key",
+        "sources[0].name:",
+        "sources[1].url: not an http(s) URL",
+        "sources[2].name: duplicate name 'ok'",
+    ):
         assert problem in result.stderr, result.stderr
     good = tmp_path / "good.yaml"
-    good.write_text("sources: [{name: a, url: 'https://a.example/', tags: [财经]}]\n",
-                    encoding="utf-8")
+    good.write_text(
+        "sources: [{name: a, url: 'https://a.example/', tags: [财经]}]\n", encoding="utf-8"
+    )
     result = cli("check", env=dict(environ, AGGREGATOR_CONFIG=str(good)))
     assert result.returncode == 0, result.stderr
     assert "OK, 1 sources" in result.stdout

@@ -1,0 +1,334 @@
+"""`aggregator.parse`: bytes → `ParsedFeed` for every format; non-feeds → `ParseError` naming the
+URL. Values checked against tests/data/feeds/MANIFEST.md."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from aggregator.errors import ParseError
+from aggregator.models import Author, Enclosure, ParsedFeed
+from aggregator.parse import parse
+from tests.conftest import FEEDS
+
+BASE = "https://feeds.example.org/"
+
+GBK_TITLES = [
+    "一季度城镇新增就业稳步增长",
+    "外贸出口保持韧性 多地稳订单拓市场",
+    "春耕备耕有序推进 农业生产开局良好",
+]
+
+
+def fixture(name: str, content_type: str | None = None) -> ParsedFeed:
+    if content_type is None:
+        content_type = "application/feed+json" if name.endswith(".json") else "application/xml"
+    return parse((FEEDS / name).read_bytes(), url=BASE + name, content_type=content_type)
+
+
+# --- format detection ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "title", "link", "count"),
+    [
+        ("rss2.xml", "rss20", "Example Tech News", "https://tech.example.org/", 3),
+        ("atom.xml", "atom10", "Example Science Blog", "https://science.example.org/", 3),
+        ("rss1.rdf", "rss10", "Example RDF Journal", "https://rdf.example.org/", 2),
+        ("feed.json", "json11", "Example JSON Feed", "https://json.example.org/", 3),
+        (
+            "gbk.xml",
+            "rss20",
+            "经济日报新闻",
+            "https://finews.example.cn/category/jingjiribao.html",
+            3,
+        ),
+    ],
+)
+def test_format_detected(name: str, fmt: str, title: str, link: str, count: int) -> None:
+    feed = fixture(name)
+    assert feed.format == fmt
+    assert feed.title == title
+    assert feed.link == link
+    assert len(feed.entries) == count
+
+
+@pytest.mark.parametrize("content_type", ["", "application/octet-stream", "text/plain"])
+def test_json_feed_detected_by_body_without_json_header(content_type: str) -> None:
+    feed = fixture("feed.json", content_type)
+    assert feed.format == "json11"
+    assert [e.guid for e in feed.entries] == [
+        "https://json.example.org/items/3",
+        "https://json.example.org/items/2",
+        "https://json.example.org/items/1",
+    ]
+
+
+def test_json_feed_with_utf8_bom() -> None:
+    body = b"\xef\xbb\xbf" + (FEEDS / "feed.json").read_bytes()
+    feed = parse(body, url=BASE + "feed.json")
+    assert feed.format == "json11"
+    assert len(feed.entries) == 3
+
+
+RSS092 = b"""<?xml version="1.0"?>
+<rss version="0.92"><channel><title>Old RSS</title><link>https://old.example.org/</link>
+<description>d</description>
+<item><title>Item</title><link>https://old.example.org/1</link><description>x</description></item>
+</channel></rss>"""
+
+ATOM03 = b"""<?xml version="1.0"?>
+<feed version="0.3" xmlns="http://purl.org/atom/ns#"><title>Old Atom</title>
+<link rel="alternate" type="text/html" href="https://old.example.org/"/>
+<modified>2004-01-01T00:00:00Z</modified>
+<entry><title>E</title><id>tag:old.example.org,2004:1</id>
+<link rel="alternate" type="text/html" href="https://old.example.org/e"/>
+<issued>2004-01-01T10:00:00+01:00</issued><modified>2004-01-01T10:00:00+01:00</modified></entry>
+</feed>"""
+
+
+@pytest.mark.parametrize(
+    ("body", "fmt", "title", "link"),
+    [
+        (RSS092, "rss092", "Item", "https://old.example.org/1"),
+        (ATOM03, "atom03", "E", "https://old.example.org/e"),
+    ],
+)
+def test_older_formats_detected(body: bytes, fmt: str, title: str, link: str) -> None:
+    feed = parse(body, url=BASE + "old.xml", content_type="application/xml")
+    assert feed.format == fmt
+    assert [(e.title, e.link) for e in feed.entries] == [(title, link)]
+
+
+# --- what each fixture's entries hold (per MANIFEST.md) ------------------------------------
+
+
+def test_rss2_entries() -> None:
+    first, second, third = fixture("rss2.xml").entries
+    assert first.guid == first.link == "https://tech.example.org/posts/podcast-ep1"
+    assert first.enclosures == (
+        Enclosure("https://tech.example.org/audio/ep1.mp3", "audio/mpeg", 123456),
+    )
+    assert first.published == datetime(2024, 3, 1, 10, 0, tzinfo=UTC)
+    assert second.guid == "tech-example-org-item-0002"
+    assert second.link == "https://tech.example.org/posts/memory-safe-drivers"
+    assert second.published is not None
+    assert second.published.isoformat() == "2024-02-20T14:30:00-05:00"
+    # content:encoded is raw HTML here: sanitizing is normalize's job, not parse's.
+    assert second.content.startswith("<p>Hobby kernel authors")
+    assert "<script>" in second.content
+    # relative URL resolved against the URL the feed came from (RFC 3986 §5.1.3)
+    assert 'src="https://feeds.example.org/img/a.png"' in second.content
+    assert second.summary.startswith("<p>Drivers written in memory-safe languages")
+    assert third.authors == (Author(name="Ed Itor", email="editor@example.org"),)
+    assert third.categories == ("Python",)
+
+
+def test_rss2_item_without_updated_has_no_updated_date() -> None:
+    """feedparser 6's FeedParserDict.get("updated") falls back to "published" with a
+    DeprecationWarning (feedparser issue 310). An RSS item has only pubDate: updated is None, and
+    no warning escapes (the suite runs with warnings as errors)."""
+    body = (FEEDS / "rss2.xml").read_bytes()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        feed = parse(body, url=BASE + "rss2.xml", content_type="application/xml")
+    assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)] == []
+    assert [e.updated for e in feed.entries] == [None, None, None]
+    assert all(e.published is not None for e in feed.entries)
+
+
+def test_atom_entries() -> None:
+    first, second, third = fixture("atom.xml").entries
+    assert first.guid == "tag:science.example.org,2024:entry-3"
+    assert first.summary == ("A short survey of what survives in shallow pools after a cold month.")
+    assert first.published is not None and first.updated is not None
+    assert first.published.isoformat() == "2024-04-18T07:15:00-07:00"
+    assert first.updated.isoformat() == "2024-04-19T09:45:00-07:00"
+    assert second.title == "Observatory Notes: مرحبا بالعالم 🔭"
+    # entries without <summary>: feedparser copies the content there; parse drops the copy
+    assert second.summary == ""
+    assert second.content.startswith("<p>Clear skies tonight.")
+    # type="html" title stays HTML until normalize renders it as text
+    assert third.title == "Caf&eacute; <b>Bold</b> Roasts and Their Chemistry"
+    assert third.published is not None
+    assert third.published.isoformat() == "2024-02-10T11:00:00+02:00"
+
+
+def test_rss1_entries() -> None:
+    first, second = fixture("rss1.rdf").entries
+    assert first.guid == first.link == "https://rdf.example.org/articles/2"
+    assert first.authors == (Author(name="Bob Example"),)
+    # dc:date → updated (feedparser); no published
+    assert first.published is None
+    assert first.updated is not None
+    assert first.updated.isoformat() == "2024-03-05T16:45:00-04:00"
+    assert second.updated is not None
+    assert second.updated.isoformat() == "2024-03-01T09:30:00+09:00"
+    assert second.summary == (
+        "<p>Subject, predicate, object: a simple model that keeps turning up.</p>"
+    )
+
+
+def test_json_feed_entries() -> None:
+    first, second, third = fixture("feed.json").entries
+    jay = (Author(name="Jay Son", uri="https://json.example.org/about"),)
+    assert [e.authors for e in (first, second, third)] == [jay, jay, jay]
+    # content_html wins over content_text
+    assert first.content.startswith("<p>This item carries <em>both</em> HTML and text.</p>")
+    assert second.content == (
+        "<p>Nothing fancy here, just a plain text note with an attached PDF.</p>"
+    )
+    assert second.enclosures == (
+        Enclosure("https://json.example.org/files/a.pdf", "application/pdf", 2048),
+    )
+    assert second.updated == datetime(2024, 5, 13, 8, 30, tzinfo=UTC)
+    assert first.published is not None
+    assert first.published.isoformat() == "2024-05-14T18:45:00-03:00"
+    assert third.categories == ("alpha", "beta")
+    assert third.published is not None
+    assert third.published.utcoffset() == timedelta(hours=5, minutes=30)
+
+
+# --- GBK -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/xml",
+        "application/rss+xml",
+        "text/xml; charset=gbk",
+        "",
+        # A server lying about the charset: feedparser 6.0.14 tries the header's charset first,
+        # fails on the GBK bytes, and falls back to the XML declaration (bozo=True,
+        # CharacterEncodingOverride). The text still comes out right.
+        "text/xml; charset=utf-8",
+        # Bare text/xml means us-ascii by RFC 3023; same fallback.
+        "text/xml",
+    ],
+)
+def test_gbk_decoded(content_type: str) -> None:
+    feed = fixture("gbk.xml", content_type)
+    assert feed.format == "rss20"
+    assert feed.title == "经济日报新闻"
+    assert [e.title for e in feed.entries] == GBK_TITLES
+    first = feed.entries[0]
+    assert first.categories == ("财经",)
+    assert "湖南：多渠道拓宽就业岗位" in first.summary
+    assert '<p class="em_media">（文章来源：经济日报）</p>' in first.summary
+    assert first.published is not None
+    assert first.published.isoformat() == "2022-04-05T05:50:27+08:00"
+    assert "\ufffd" not in "".join(e.title + e.summary for e in feed.entries)
+
+
+# --- JSON Feed 1.0 and content_text ----------------------------------------------------------
+
+JSON_FEED_10 = {
+    "version": "https://jsonfeed.org/version/1",
+    "title": "Old JSON Feed",
+    "home_page_url": "https://old-json.example.org/",
+    "author": {"name": "Ann Author", "url": "https://old-json.example.org/ann"},
+    "items": [
+        {
+            "id": 1,
+            "url": "https://old-json.example.org/1",
+            "title": "Item <one> & friends",
+            "content_text": 'First line\nsecond line\n\n<script>alert(1)</script> & "more"',
+            "date_published": "2020-01-02T03:04:05+01:00",
+        },
+        {
+            "id": "2",
+            "external_url": "https://elsewhere.example.org/2",
+            "title": "Item two",
+            "content_html": "<p>two</p>",
+            "author": {"name": "Ivy Item"},
+        },
+        {"id": True, "title": "bool id is not an id", "content_text": "x"},
+        "not an object",
+    ],
+}
+
+
+def test_json_feed_10() -> None:
+    feed = parse(json.dumps(JSON_FEED_10).encode(), url=BASE + "old.json")
+    assert feed.format == "json1"
+    assert feed.title == "Old JSON Feed"
+    assert feed.link == "https://old-json.example.org/"
+    first, second, third = feed.entries  # the non-object item is skipped
+    # 1.0's single `author` object is read, at feed level and at item level
+    assert first.authors == (Author(name="Ann Author", uri="https://old-json.example.org/ann"),)
+    assert second.authors == (Author(name="Ivy Item"),)
+    assert first.guid == "1"  # numeric id kept as text
+    assert second.guid == "2"
+    assert third.guid == ""
+    assert second.link == "https://elsewhere.example.org/2"  # external_url when no url
+    assert first.published == datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=1)))
+    # JSON titles are plain text: escaped so that normalize renders them back as written
+    assert first.title == "Item &lt;one&gt; &amp; friends"
+
+
+def test_content_text_becomes_escaped_paragraphs() -> None:
+    first = parse(json.dumps(JSON_FEED_10).encode(), url=BASE + "old.json").entries[0]
+    assert first.content == (
+        '<p>First line<br>second line</p><p>&lt;script&gt;alert(1)&lt;/script&gt; &amp; "more"</p>'
+    )
+
+
+def test_content_text_windows_newlines_and_blank_blocks() -> None:
+    body = json.dumps(
+        {
+            "version": "https://jsonfeed.org/version/1.1",
+            "items": [{"id": "a", "content_text": "one\r\ntwo\r\n\r\n\r\n\r\nthree\n\n  \n\n"}],
+        }
+    ).encode()
+    (entry,) = parse(body, url=BASE + "crlf.json").entries
+    assert entry.content == "<p>one<br>two</p><p>three</p>"
+
+
+# --- not feeds -----------------------------------------------------------------------------
+
+HTML_PAGE = b"""<!DOCTYPE html>
+<html><head><title>Welcome</title></head><body><h1>Not a feed</h1><p>Hello.</p></body></html>"""
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        (HTML_PAGE, "text/html; charset=utf-8", "not an RSS, Atom or JSON feed"),
+        (HTML_PAGE, "", "not an RSS, Atom or JSON feed"),
+        (b"", "", "not an RSS, Atom or JSON feed"),
+        (b"", "application/feed+json", "not valid JSON"),
+        (b"just some text", "text/plain", "not an RSS, Atom or JSON feed"),
+        (b'{"version": "https://jsonfeed.org/version/1.1", "items": [', "", "not valid JSON"),
+        (b"{\xff\xfe}", "application/json", "not valid JSON"),
+        (b'{"title": "no version", "items": []}', "application/json", "JSON Feed version"),
+        (b'{"version": "1.1", "items": []}', "application/json", "JSON Feed version"),
+        (b"[1, 2, 3]", "application/json", "JSON Feed version"),
+        (b'{"version": "https://jsonfeed.org/version/1.1"}', "", "without an items list"),
+    ],
+    ids=[
+        "html",
+        "html-no-type",
+        "empty",
+        "empty-json",
+        "text",
+        "broken-json",
+        "not-utf8-json",
+        "json-no-version",
+        "json-bad-version",
+        "json-array",
+        "json-no-items",
+    ],
+)
+def test_not_a_feed(body: bytes, content_type: str, reason: str) -> None:
+    url = "https://bad.example.org/path/feed?x=1"
+    with pytest.raises(ParseError) as caught:
+        parse(body, url=url, content_type=content_type)
+    err = caught.value
+    assert err.url == url
+    assert url in str(err)
+    assert reason in str(err)
+    assert str(err).startswith(f"parse {url}: ")

@@ -1,0 +1,511 @@
+"""Store against a real, private redis-server (the `store`/`redis_url` fixtures)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import redis
+
+from aggregator import keys
+from aggregator.errors import StorageError
+from aggregator.models import Author, Entry, Validators, entry_digest
+from aggregator.store import MAX_ATTEMPTS, SaveResult, Store
+from tests.conftest import free_port
+
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+PLUS8 = timezone(timedelta(hours=8))
+MINUS5 = timezone(timedelta(hours=-5))
+
+
+def make_entry(
+    entry_id: str,
+    *,
+    source: str = "src",
+    category: str = "news",
+    tags: tuple[str, ...] = ("t1",),
+    content: str = "<p>body</p>",
+    published: datetime | None = None,
+    updated: datetime | None = None,
+    first_seen: datetime = T0,
+    title: str | None = None,
+) -> Entry:
+    return Entry(
+        id=entry_id,
+        source=source,
+        category=category,
+        tags=tags,
+        title=title if title is not None else f"Title {entry_id}",
+        link=f"https://example.test/{entry_id}",
+        content=content,
+        summary="summary",
+        first_seen=first_seen,
+        authors=(Author(name="Ann"),),
+        published=published,
+        updated=updated,
+    )
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def ids(entries: list[Entry]) -> list[str]:
+    return [e.id for e in entries]
+
+
+def index_ids(raw: redis.Redis, key: str) -> list[str]:
+    return [str(i) for i in raw.zrevrange(key, 0, -1)]
+
+
+def scores(raw: redis.Redis, key: str) -> dict[str, float]:
+    pairs: list[tuple[str, float]] = raw.zrange(key, 0, -1, withscores=True)  # type: ignore[assignment]
+    return {str(member): float(score) for member, score in pairs}
+
+
+STATE: dict[str, str | int | float] = {"url": "https://example.test/feed", "status": 200}
+
+
+# --- save_poll: new entries ------------------------------------------------------------------
+
+
+def test_new_entries_are_indexed_newest_first_by_date(store: Store, raw: redis.Redis) -> None:
+    # Entry.date is published, else updated, else first_seen; ordering is by the instant,
+    # whatever offset each one was written in.
+    a = make_entry("a", published=datetime(2024, 5, 1, 18, 0, tzinfo=PLUS8))  # 10:00Z
+    b = make_entry("b", updated=datetime(2024, 5, 1, 6, 30, tzinfo=MINUS5))  # 11:30Z
+    c = make_entry("c", first_seen=datetime(2024, 5, 1, 11, 0, tzinfo=UTC))  # 11:00Z
+    d = make_entry(
+        "d",
+        published=datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
+        updated=datetime(2024, 5, 1, 23, 0, tzinfo=UTC),  # ignored: published wins
+        tags=("t2",),
+    )
+    result = store.save_poll("src", [a, b, c, d], STATE, T0 + timedelta(minutes=15))
+    assert result == SaveResult(new=4, updated=0)
+
+    newest_first = ["b", "c", "a", "d"]
+    assert ids(store.entries("all")) == newest_first
+    assert ids(store.entries("category", "news")) == newest_first
+    assert ids(store.entries("tag", "t1")) == ["b", "c", "a"]
+    assert ids(store.entries("tag", "t2")) == ["d"]
+    assert store.entries("tag", "nope") == []
+    assert store.count("all") == 4
+    assert store.count("category", "news") == 4
+    assert store.count("tag", "t1") == 3
+    assert store.count("tag", "t2") == 1
+    assert store.count("category", "other") == 0
+    # The score is the entry's date as epoch seconds.
+    assert raw.zscore(keys.ALL, "a") == pytest.approx(a.date.timestamp(), abs=1e-6)
+    assert raw.zscore(keys.ALL, "b") == pytest.approx(b.date.timestamp(), abs=1e-6)
+
+
+def test_entry_indexed_in_its_category_and_every_tag(store: Store) -> None:
+    e = make_entry("multi", category="科技", tags=("经济日报新闻", "财经", "x y"))
+    assert store.save_poll("src", [e], STATE, None) == SaveResult(1, 0)
+    for tag in ("经济日报新闻", "财经", "x y"):
+        assert ids(store.entries("tag", tag)) == ["multi"]
+    assert ids(store.entries("category", "科技")) == ["multi"]
+    assert ids(store.entries("all")) == ["multi"]
+    assert store.count("category", "news") == 0
+
+
+def test_entry_round_trips_with_offsets_kept(store: Store) -> None:
+    e = make_entry(
+        "rt",
+        published=datetime(2024, 5, 1, 20, 15, 30, 123456, tzinfo=PLUS8),
+        first_seen=datetime(2024, 5, 1, 12, 30, tzinfo=UTC),
+        content="<p>经济 ünïcode</p>",
+    )
+    store.save_poll("src", [e], STATE, None)
+    got = store.entry("rt")
+    assert got == e
+    assert got is not None and got.published is not None
+    assert got.published.utcoffset() == timedelta(hours=8)
+    assert store.entry("missing") is None
+
+
+def test_entries_limit_and_offset(store: Store) -> None:
+    batch = [make_entry(f"e{i}", published=T0 + timedelta(minutes=i)) for i in range(7)]
+    store.save_poll("src", batch, STATE, None)
+    assert ids(store.entries("all", limit=3)) == ["e6", "e5", "e4"]
+    assert ids(store.entries("all", limit=3, offset=3)) == ["e3", "e2", "e1"]
+    assert ids(store.entries("all", limit=3, offset=6)) == ["e0"]
+    assert store.entries("all", limit=3, offset=7) == []
+    assert ids(store.entries("tag", "t1", limit=50)) == [f"e{i}" for i in range(6, -1, -1)]
+
+
+def test_entries_skips_an_index_member_whose_entry_is_gone(store: Store, raw: redis.Redis) -> None:
+    store.save_poll("src", [make_entry("a", published=T0), make_entry("b")], STATE, None)
+    raw.delete(keys.entry("a"))
+    assert ids(store.entries("all")) == ["b"]
+
+
+# --- save_poll: unchanged, changed, moved entries --------------------------------------------
+
+
+def test_saving_the_same_entries_again_rewrites_nothing(store: Store, raw: redis.Redis) -> None:
+    a = make_entry("a", published=T0 - timedelta(hours=1))
+    b = make_entry("b")  # dated by first_seen
+    assert store.save_poll("src", [a, b], STATE, None) == SaveResult(2, 0)
+    stored_json = {i: raw.get(keys.entry(i)) for i in ("a", "b")}
+    all_scores = scores(raw, keys.ALL)
+    digests = raw.hgetall(keys.DIGESTS)
+
+    # Mark the stored copy of "a" without touching its digest: a rewrite would erase the mark.
+    marked = dataclasses.replace(Entry.from_json(stored_json["a"] or ""), title="MARK")
+    raw.set(keys.entry("a"), marked.to_json())
+
+    # The next poll sees the same entries, but "now" (first_seen) has moved on.
+    later = T0 + timedelta(hours=3)
+    again = [dataclasses.replace(a, first_seen=later), dataclasses.replace(b, first_seen=later)]
+    assert store.save_poll("src", again, STATE, None) == SaveResult(0, 0)
+
+    assert raw.get(keys.entry("a")) == marked.to_json()
+    assert raw.get(keys.entry("b")) == stored_json["b"]
+    got_b = store.entry("b")
+    assert got_b is not None and got_b.first_seen == T0
+    assert scores(raw, keys.ALL) == all_scores
+    assert raw.hgetall(keys.DIGESTS) == digests
+    state = store.source_states(["src"])[0]
+    assert (state.new_entries, state.stored) == (0, 2)
+
+
+def test_changed_entry_is_updated_and_keeps_first_seen(store: Store, raw: redis.Redis) -> None:
+    first = make_entry("a", content="<p>v1</p>", first_seen=T0)
+    other = make_entry("b", first_seen=T0 - timedelta(days=1))
+    assert store.save_poll("src", [first, other], STATE, None) == SaveResult(2, 0)
+
+    later = T0 + timedelta(hours=5)
+    changed = make_entry("a", content="<p>v2</p>", first_seen=later)
+    same = dataclasses.replace(other, first_seen=later)
+    assert store.save_poll("src", [changed, same], STATE, None) == SaveResult(new=0, updated=1)
+
+    got = store.entry("a")
+    assert got is not None
+    assert got.content == "<p>v2</p>"
+    assert got.first_seen == T0
+    assert raw.hget(keys.DIGESTS, "a") == entry_digest(changed)
+    # Still dated (and scored) by the first-seen time it kept, not the later one.
+    assert raw.zscore(keys.ALL, "a") == pytest.approx(T0.timestamp(), abs=1e-6)
+    assert store.count("all") == 2
+    assert ids(store.entries("tag", "t1")) == ["a", "b"]
+    state = store.source_states(["src"])[0]
+    assert (state.new_entries, state.stored) == (0, 2)
+
+
+def test_changed_date_moves_the_entry_in_every_index(store: Store) -> None:
+    a = make_entry("a", published=T0)
+    b = make_entry("b", published=T0 + timedelta(hours=1))
+    store.save_poll("src", [a, b], STATE, None)
+    assert ids(store.entries("all")) == ["b", "a"]
+    moved = dataclasses.replace(a, published=T0 + timedelta(hours=2))
+    assert store.save_poll("src", [moved, b], STATE, None) == SaveResult(0, 1)
+    assert ids(store.entries("all")) == ["a", "b"]
+    assert ids(store.entries("tag", "t1")) == ["a", "b"]
+    assert ids(store.entries("category", "news")) == ["a", "b"]
+
+
+def test_changing_tags_moves_the_entry_between_tag_indexes(store: Store, raw: redis.Redis) -> None:
+    e = make_entry("a", tags=("old", "kept"))
+    keep = make_entry("b", tags=("old",))
+    store.save_poll("src", [e, keep], STATE, None)
+    assert set(index_ids(raw, keys.index("tag", "old"))) == {"a", "b"}
+
+    retagged = dataclasses.replace(e, tags=("kept", "new"))
+    assert store.save_poll("src", [retagged, keep], STATE, None) == SaveResult(0, 1)
+
+    assert index_ids(raw, keys.index("tag", "old")) == ["b"]  # no orphan "a" left behind
+    assert index_ids(raw, keys.index("tag", "kept")) == ["a"]
+    assert index_ids(raw, keys.index("tag", "new")) == ["a"]
+    assert store.count("tag", "old") == 1
+    assert set(index_ids(raw, keys.ALL)) == {"a", "b"}
+    got = store.entry("a")
+    assert got is not None and got.tags == ("kept", "new")
+
+
+def test_changing_category_moves_the_entry(store: Store, raw: redis.Redis) -> None:
+    e = make_entry("a", category="before", tags=("only",))
+    store.save_poll("src", [e], STATE, None)
+    moved = dataclasses.replace(e, category="after", tags=())
+    assert store.save_poll("src", [moved], STATE, None) == SaveResult(0, 1)
+    assert not raw.exists(keys.index("category", "before"))
+    assert not raw.exists(keys.index("tag", "only"))
+    assert index_ids(raw, keys.index("category", "after")) == ["a"]
+    assert index_ids(raw, keys.ALL) == ["a"]
+
+
+# --- save_poll: the source's state ----------------------------------------------------------
+
+
+def test_state_and_next_due_written_with_the_entries(store: Store, raw: redis.Redis) -> None:
+    due = T0 + timedelta(minutes=15, microseconds=250000)
+    state: dict[str, str | int | float] = {
+        "url": "https://example.test/feed.xml",
+        "status": 200,
+        "last_poll": T0.timestamp(),
+        "last_success": T0.timestamp(),
+        "last_error": "",
+        "failures": 0,
+        "entries": 2,
+        "etag": '"abc123"',
+        "last_modified": "Wed, 01 May 2024 11:00:00 GMT",
+    }
+    entries = [make_entry("a"), make_entry("b")]
+    assert store.save_poll("src", entries, state, due) == SaveResult(2, 0)
+
+    (got,) = store.source_states(["src"])
+    assert got.name == "src"
+    assert got.url == "https://example.test/feed.xml"
+    assert got.status == 200
+    assert got.last_poll == T0
+    assert got.last_success == T0
+    assert got.last_error == ""
+    assert got.failures == 0
+    assert got.entries == 2
+    assert got.new_entries == 2
+    assert got.stored == 2
+    assert got.validators == Validators('"abc123"', "Wed, 01 May 2024 11:00:00 GMT")
+    assert store.validators("src") == got.validators
+    assert got.next_due is not None
+    assert abs((got.next_due - due).total_seconds()) < 1e-3
+    assert raw.zscore(keys.DUE, "src") == pytest.approx(due.timestamp(), abs=1e-5)
+
+    # A second poll with one new entry: `new` is this poll's, `stored` accumulates.
+    later_due = due + timedelta(minutes=15)
+    result = store.save_poll("src", [*entries, make_entry("c")], {"entries": 3}, later_due)
+    assert result == SaveResult(1, 0)
+    (got,) = store.source_states(["src"])
+    assert (got.entries, got.new_entries, got.stored) == (3, 1, 3)
+    assert got.next_due is not None and abs((got.next_due - later_due).total_seconds()) < 1e-3
+    assert got.url == "https://example.test/feed.xml"  # fields not given are kept
+
+
+def test_save_state_records_a_failure_without_entries(store: Store) -> None:
+    store.save_poll("src", [make_entry("a")], {"status": 200}, T0)
+    retry = T0 + timedelta(minutes=2)
+    store.save_state(
+        "src", {"status": 500, "last_error": "fetch x: HTTP 500", "failures": 1}, retry
+    )
+    (got,) = store.source_states(["src"])
+    assert (got.status, got.failures, got.last_error) == (500, 1, "fetch x: HTTP 500")
+    assert (got.new_entries, got.stored) == (0, 1)
+    assert got.next_due is not None and abs((got.next_due - retry).total_seconds()) < 1e-3
+    assert store.count("all") == 1
+
+
+def test_next_due_none_leaves_the_due_time_alone(store: Store, raw: redis.Redis) -> None:
+    store.save_state("src", {"status": 200}, T0)
+    store.save_state("src", {"status": 304}, None)
+    assert raw.zscore(keys.DUE, "src") == pytest.approx(T0.timestamp())
+    assert store.source_states(["src"])[0].status == 304
+
+
+def test_source_states_of_an_unknown_source_are_empty(store: Store) -> None:
+    (got,) = store.source_states(["never"])
+    assert got.name == "never"
+    assert (got.status, got.failures, got.stored, got.next_due) == (0, 0, 0, None)
+    assert got.validators == Validators()
+    assert store.source_states([]) == []
+
+
+# --- scheduling ------------------------------------------------------------------------------
+
+
+def test_claim_due_takes_only_due_sources_and_leases_them(store: Store, raw: redis.Redis) -> None:
+    store.sync_sources(["a", "b", "c"], T0)
+    store.save_state("c", {"status": 200}, T0 + timedelta(hours=1))  # not due yet
+    now = T0 + timedelta(seconds=1)
+    lease = now + timedelta(minutes=10)
+
+    claimed = store.claim_due(now, lease, 10)
+    assert sorted(claimed) == ["a", "b"]
+    for name in ("a", "b"):
+        assert raw.zscore(keys.DUE, name) == pytest.approx(lease.timestamp(), abs=1e-5)
+    assert raw.zscore(keys.DUE, "c") == pytest.approx((T0 + timedelta(hours=1)).timestamp())
+
+    assert store.claim_due(now, lease, 10) == []  # leased: nobody else gets them
+    # Once the lease runs out they are due again.
+    after = lease + timedelta(seconds=1)
+    assert sorted(store.claim_due(after, after + timedelta(minutes=10), 10)) == ["a", "b"]
+
+
+def test_claim_due_respects_the_limit(store: Store, raw: redis.Redis) -> None:
+    store.save_state("early", {}, T0 - timedelta(minutes=2))
+    store.save_state("mid", {}, T0 - timedelta(minutes=1))
+    store.save_state("late", {}, T0)
+    lease = T0 + timedelta(minutes=5)
+    assert store.claim_due(T0, lease, 0) == []
+    assert store.claim_due(T0, lease, -1) == []
+    assert raw.zcard(keys.DUE) == 3
+    assert store.claim_due(T0, lease, 2) == ["early", "mid"]  # most overdue first
+    assert store.claim_due(T0, lease, 2) == ["late"]
+    assert store.claim_due(T0, lease, 2) == []
+
+
+def test_sync_sources_adds_new_removes_gone_keeps_due_times(store: Store, raw: redis.Redis) -> None:
+    store.sync_sources(["a", "b"], T0)
+    assert raw.zrange(keys.DUE, 0, -1, withscores=True) == [
+        ("a", T0.timestamp()),
+        ("b", T0.timestamp()),
+    ]
+    a_due = T0 + timedelta(minutes=30)
+    store.save_state("a", {"status": 200}, a_due)
+
+    now = T0 + timedelta(minutes=1)
+    store.sync_sources(["a", "c"], now)
+    due = scores(raw, keys.DUE)
+    assert due == {"a": pytest.approx(a_due.timestamp()), "c": now.timestamp()}
+
+    store.sync_sources([], now)
+    assert raw.zcard(keys.DUE) == 0
+
+
+def test_reload_counter(store: Store) -> None:
+    assert store.reload_version() == 0
+    assert store.request_reload() == 1
+    assert store.request_reload() == 2
+    assert store.reload_version() == 2
+
+
+# --- optimistic concurrency: all or nothing --------------------------------------------------
+
+
+def snapshot(raw: redis.Redis) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in sorted(str(k) for k in raw.keys("*")):
+        kind = raw.type(key)
+        if kind == "string":
+            out[key] = raw.get(key)
+        elif kind == "hash":
+            out[key] = raw.hgetall(key)
+        elif kind == "zset":
+            out[key] = raw.zrange(key, 0, -1, withscores=True)
+        else:
+            out[key] = kind
+    return out
+
+
+def interleave(monkeypatch: pytest.MonkeyPatch, store: Store, write: Any, times: int) -> list[int]:
+    """Run `write` (a real Redis write by "another worker") right after `_try_save` has read the
+    digests and just before it runs the upsert script, the first `times` times."""
+    real = store._upsert
+    calls = [0]
+
+    def upsert(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] <= times:
+            write()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_upsert", upsert)
+    return calls
+
+
+def test_conflict_leaves_nothing_half_written(
+    store: Store, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = make_entry("base", tags=("old",))
+    store.save_poll("src", [base], {"status": 200, "entries": 1}, T0)
+    before = snapshot(raw)
+
+    # "Another worker" writes b's digest between our read and our script. Entry a comes first
+    # in the batch and is free of conflict: it must not be written either, nor the retag of
+    # `base`, nor the state, nor the due time.
+    def other_worker() -> None:
+        raw.hset(keys.DIGESTS, "b", "digest-from-elsewhere")
+
+    calls = interleave(monkeypatch, store, other_worker, times=1)
+    batch = [make_entry("a"), make_entry("b"), dataclasses.replace(base, tags=("new",))]
+    result = store._try_save(
+        "src", batch, {"status": 201, "entries": 3, "last_error": "x"}, T0 + timedelta(hours=1)
+    )
+    assert result is None
+    assert calls[0] == 1
+
+    after = snapshot(raw)
+    assert after.pop(keys.DIGESTS) == {**before.pop(keys.DIGESTS), "b": "digest-from-elsewhere"}
+    assert after == before
+    assert not raw.exists(keys.entry("a"))
+    assert not raw.exists(keys.entry("b"))
+    assert index_ids(raw, keys.index("tag", "old")) == ["base"]
+    assert not raw.exists(keys.index("tag", "new"))
+    assert store.source_states(["src"])[0].status == 200
+
+
+def test_save_poll_retries_after_a_concurrent_identical_write(
+    redis_url: str, store: Store, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = [make_entry("a"), make_entry("b", published=T0 + timedelta(minutes=1))]
+    other = Store.from_url(redis_url)
+    try:
+        # Another worker polls the same feed and saves the same entries first.
+        calls = interleave(
+            monkeypatch, store, lambda: other.save_poll("src", entries, {"status": 200}, T0), 1
+        )
+        result = store.save_poll("src", entries, {"status": 200}, T0)
+    finally:
+        other.close()
+    assert calls[0] == 2  # the first script run hit the conflict, the retry went through
+    assert result == SaveResult(0, 0)  # nothing left for us to write
+    assert ids(store.entries("all")) == ["b", "a"]
+    assert store.source_states(["src"])[0].stored == 2  # counted once, not twice
+
+
+def test_save_poll_gives_up_with_storage_error_when_always_conflicting(
+    store: Store, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counter = [0]
+
+    def keep_changing() -> None:
+        counter[0] += 1
+        raw.hset(keys.DIGESTS, "a", f"elsewhere-{counter[0]}")
+
+    calls = interleave(monkeypatch, store, keep_changing, times=10**6)
+    with pytest.raises(StorageError, match="kept changing"):
+        store.save_poll("src", [make_entry("a")], {"status": 200}, T0)
+    assert calls[0] == MAX_ATTEMPTS
+    assert not raw.exists(keys.entry("a"))
+    assert not raw.exists(keys.source("src"))
+    assert raw.zscore(keys.DUE, "src") is None
+
+
+# --- Redis unreachable ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dead_store() -> Iterator[Store]:
+    s = Store.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    yield s
+    s.close()
+
+
+def test_unreachable_redis_raises_storage_error(dead_store: Store) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: dead_store.save_poll("src", [make_entry("a")], {"status": 200}, T0),
+        lambda: dead_store.save_state("src", {"status": 200}, T0),
+        lambda: dead_store.entries("all"),
+        lambda: dead_store.entry("a"),
+        lambda: dead_store.count("tag", "t1"),
+        lambda: dead_store.source_states(["src"]),
+        lambda: dead_store.validators("src"),
+        lambda: dead_store.sync_sources(["a"], T0),
+        lambda: dead_store.claim_due(T0, T0, 5),
+        lambda: dead_store.reload_version(),
+    ]
+    for call in calls:
+        with pytest.raises(StorageError) as info:
+            call()
+        assert not isinstance(info.value, redis.RedisError)
+        assert isinstance(info.value.__cause__, redis.ConnectionError)
+    assert dead_store.ping() is False
+
+
+def test_ping_true_when_reachable(store: Store) -> None:
+    assert store.ping() is True

@@ -1,0 +1,113 @@
+"""The scheduler: due times in Redis, leases shared by several workers, reload."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from aggregator import config as config_module
+from aggregator.scheduler import Worker
+from aggregator.store import Store
+from tests.conftest import ConfigWriter, FeedServer
+
+
+@contextmanager
+def running(store: Store, count: int = 1) -> Iterator[list[Worker]]:
+    executor = ThreadPoolExecutor(2)
+    workers = [
+        Worker(config_module.from_environ, store, executor=executor, tick=0.1) for _ in range(count)
+    ]
+    threads = [threading.Thread(target=w.run, kwargs={"handle_signals": False}) for w in workers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            w.stop()
+        for thread in threads:
+            thread.join(20)
+        executor.shutdown()
+        assert not any(t.is_alive() for t in threads)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_worker_polls_every_source_and_a_bad_one_stops_nothing(
+    write_config: ConfigWriter, feed_server: FeedServer, store: Store
+) -> None:
+    write_config.write(
+        [
+            {"name": "tech", "url": feed_server.url("rss2.xml"), "tags": ["t"], "interval": "1h"},
+            {"name": "broken", "url": feed_server.url("missing.xml"), "interval": "1h"},
+            {"name": "science", "url": feed_server.url("atom.xml"), "interval": "1h"},
+        ]
+    )
+    started = datetime.now(UTC)
+    with running(store):
+        eventually(
+            lambda: all(s.last_poll for s in store.source_states(["tech", "broken", "science"]))
+        )
+    tech, broken, science = store.source_states(["tech", "broken", "science"])
+    assert (tech.status, tech.entries, tech.failures) == (200, 3, 0)
+    assert (science.status, science.entries) == (200, 3)
+    assert broken.status == 404 and broken.failures == 1
+    assert "404" in broken.last_error and feed_server.url("missing.xml") in broken.last_error
+    assert store.count("all") == 6
+    # next due one interval ahead; the failed source backs off from the same interval
+    assert tech.next_due is not None and broken.next_due is not None
+    assert 3500 < (tech.next_due - started).total_seconds() < 3700
+    assert 3000 < (broken.next_due - started).total_seconds() < 4200
+
+
+def test_two_workers_share_the_sources_without_polling_twice(
+    write_config: ConfigWriter, feed_server: FeedServer, store: Store
+) -> None:
+    names = [f"s{i}" for i in range(12)]
+    for name in names:
+        feed_server.copy("rss2.xml", f"{name}.xml")
+    write_config.write(
+        [{"name": n, "url": feed_server.url(f"{n}.xml"), "interval": "1h"} for n in names]
+    )
+    with running(store, count=2) as workers:
+        eventually(lambda: all(s.last_poll for s in store.source_states(names)))
+        time.sleep(0.5)  # several more ticks: nothing is due again
+    requested = sorted(r.path for r in feed_server.requests)
+    assert requested == sorted(f"/{n}.xml" for n in names)
+    assert sum(w.polls for w in workers) == len(names)
+
+
+def test_reload_applies_the_new_file(
+    write_config: ConfigWriter, feed_server: FeedServer, store: Store
+) -> None:
+    first = {"name": "tech", "url": feed_server.url("rss2.xml"), "interval": "1h"}
+    write_config.write([first])
+    with running(store):
+        eventually(lambda: store.source_states(["tech"])[0].last_poll is not None)
+        write_config.write(
+            [
+                first,
+                {
+                    "name": "json",
+                    "url": feed_server.url("feed.json"),
+                    "tags": ["j"],
+                    "interval": "1h",
+                },
+            ]
+        )
+        store.request_reload()
+        eventually(lambda: store.count("tag", "j") == 3)
+        # a broken file is refused whole; the running configuration stays
+        write_config.path.write_text("sources: [{name: BAD}]\n", encoding="utf-8")
+        store.request_reload()
+        time.sleep(0.5)
+    assert {r.path for r in feed_server.requests} == {"/rss2.xml", "/feed.json"}
