@@ -16,7 +16,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint() -> None:
-    result = run("ruff", "check", "aggregator", "tests", "bench")
+    folders = [f for f in ("aggregator", "tests", "bench") if (ROOT / f).is_dir()]
+    result = run("ruff", "check", *folders)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
