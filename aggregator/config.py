@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import regex
 import yaml
 from pydantic import (
     AfterValidator,
@@ -108,8 +109,8 @@ def _label(value: str) -> str:
 def _pattern(value: str) -> str:
     if value.startswith("re:"):
         try:
-            re.compile(value[3:])
-        except re.error as err:
+            regex.compile(value[3:])
+        except regex.error as err:
             raise ValueError(f"bad regular expression {value[3:]!r}: {err}") from err
     elif not value.strip():
         raise ValueError("must not be blank")

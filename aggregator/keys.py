@@ -1,27 +1,44 @@
 """Every Redis key this package uses, built here and nowhere else.
 
 All keys share one hash tag, `{agg}`: an entry, the indexes it sits in and its source's state
-change together in one Lua script, and Redis Cluster runs a multi-key command only when every key
-hashes to the same slot. One slot caps how far a single aggregator's data shards, and keeps the
-guarantee that a reader never sees half a write.
+change together in one MULTI/EXEC transaction, and Redis Cluster runs a multi-key transaction
+only when every key hashes to the same slot. One slot caps how far a single aggregator's data
+shards, and keeps the guarantee that a reader never sees half a write.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 PREFIX = "agg:{agg}:"
 
 Kind = Literal["tag", "category", "all"]
 
-DIGESTS = PREFIX + "digests"  # hash: entry id → digest of what the source said
 DUE = PREFIX + "due"  # sorted set: source name → when it is next due (epoch seconds)
 RELOAD = PREFIX + "reload"  # counter: bumped by `aggregator reload`
 ALL = PREFIX + "index:all"  # sorted set of every entry id by date
 
 
 def entry(entry_id: str) -> str:
+    """String: the entry as JSON (`Entry.to_json`)."""
     return f"{PREFIX}entry:{entry_id}"
+
+
+def alias(entry_id: str) -> str:
+    """String: for an entry merged into another source's copy of the story, that copy's id."""
+    return f"{PREFIX}alias:{entry_id}"
+
+
+def canon(key: str) -> str:
+    """String: the id of the entry a dedup key (canonical link, global guid) belongs to."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=12).hexdigest()
+    return f"{PREFIX}canon:{digest}"
+
+
+def gone(entry_id: str) -> str:
+    """String with a TTL: this id expired by retention; do not store it again."""
+    return f"{PREFIX}gone:{entry_id}"
 
 
 def index(kind: Kind, name: str = "") -> str:
@@ -34,3 +51,8 @@ def index(kind: Kind, name: str = "") -> str:
 def source(name: str) -> str:
     """Hash: one source's polling state."""
     return f"{PREFIX}source:{name}"
+
+
+def source_guids(name: str) -> str:
+    """Hash: link → guid of the source's entries at its last poll (to spot churning guids)."""
+    return f"{PREFIX}source:{name}:guids"

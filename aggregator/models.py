@@ -94,6 +94,25 @@ class ParsedFeed:
 # --- the normalized entry ------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Another source the same story arrived through (cross-source deduplication): its name,
+    the id the entry has there, and where that source files it."""
+
+    source: str
+    id: str
+    category: str
+    tags: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "id": self.id,
+            "category": self.category,
+            "tags": list(self.tags),
+        }
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -122,11 +141,27 @@ class Entry:
     categories: tuple[str, ...] = ()
     source_title: str = ""
     source_link: str = ""
+    guid: str = ""
+    merged: tuple[Origin, ...] = ()
+    digest: str = ""
 
     @property
     def date(self) -> datetime:
         """The date readers sort by: published, else updated, else when we first saw it."""
         return self.published or self.updated or self.first_seen
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every source this entry came through, the first one first."""
+        return tuple(dict.fromkeys((self.source, *(o.source for o in self.merged))))
+
+    @property
+    def all_categories(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.category, *(o.category for o in self.merged))))
+
+    @property
+    def all_tags(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.tags, *(t for o in self.merged for t in o.tags))))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +181,9 @@ class Entry:
             "source_title": self.source_title,
             "source_link": self.source_link,
             "first_seen": _iso(self.first_seen),
+            "guid": self.guid,
+            "merged": [o.to_dict() for o in self.merged],
+            "digest": self.digest,
         }
 
     def to_json(self) -> str:
@@ -172,6 +210,12 @@ class Entry:
             categories=tuple(data.get("categories", ())),
             source_title=data.get("source_title", ""),
             source_link=data.get("source_link", ""),
+            guid=data.get("guid", ""),
+            merged=tuple(
+                Origin(o["source"], o["id"], o["category"], tuple(o.get("tags", ())))
+                for o in data.get("merged", ())
+            ),
+            digest=data.get("digest", ""),
         )
 
     @classmethod
@@ -198,12 +242,16 @@ class SourceState:
     new_entries: int = 0
     stored: int = 0
     validators: Validators = field(default_factory=Validators)
+    id_mode: str = "guid"
 
 
 def entry_digest(entry: Entry) -> str:
     """A hash of everything the source says about an entry, plus where we file it; not of when
-    we first saw it. Equal digests mean there is nothing to rewrite."""
+    we first saw it, nor of what we add (other origins, the digest itself), nor of the guid (a
+    guid that changes on every poll is not a change of the story). Equal digests mean there is
+    nothing to rewrite."""
     data = entry.to_dict()
-    del data["first_seen"]
+    for ours in ("first_seen", "merged", "digest", "guid"):
+        del data[ours]
     blob = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(blob.encode("utf-8"), digest_size=12).hexdigest()

@@ -7,19 +7,25 @@ source's category and tags, and the source's include/exclude filters. Pure: no R
 
 from __future__ import annotations
 
-import hashlib
 import html
+import logging
 import re
 from collections.abc import Iterable
 from datetime import datetime
 from urllib.parse import urljoin
 
 import nh3
+import regex
 
+from aggregator import identity
 from aggregator.config import Source
+from aggregator.identity import GUID
 from aggregator.models import Author, Enclosure, Entry, ParsedEntry, ParsedFeed
 from aggregator.text import xml_text
 
+log = logging.getLogger(__name__)
+
+FILTER_TIMEOUT = 0.1  # seconds one filter pattern may spend on one entry
 _SPACE = re.compile(r"\s+")
 _ATTRIBUTES = {tag: set(attrs) for tag, attrs in nh3.ALLOWED_ATTRIBUTES.items()}
 # "*" replaces ammonia's generic attributes (lang, title), so they are named again here.
@@ -49,36 +55,48 @@ def plain_text(fragment: str) -> str:
     return _SPACE.sub(" ", xml_text(html.unescape(stripped))).strip()
 
 
-def entry_id(source: str, entry: ParsedEntry) -> str:
+def entry_id(source: str, entry: ParsedEntry, mode: str = GUID) -> str:
     """Stable across polls and restarts: from the guid, else the link, else the content."""
-    if entry.guid.strip():
-        key = "guid:" + entry.guid.strip()
-    elif entry.link.strip():
-        key = "link:" + entry.link.strip()
-    else:
-        date = entry.published or entry.updated
-        key = "hash:" + "\n".join((entry.title, date.isoformat() if date else "", entry.content))
-    return hashlib.sha256(f"{source}\n{key}".encode()).hexdigest()[:16]
+    return identity.entry_id(
+        source,
+        entry.guid,
+        entry.link,
+        entry.title,
+        entry.published or entry.updated,
+        entry.content,
+        mode,
+    )
 
 
 class Filter:
     """A source's include/exclude lists. Plain words match case-insensitively; `re:` entries are
-    regular expressions (validated by the config)."""
+    regular expressions (validated by the config), run with a time bound so a catastrophic
+    pattern costs at most FILTER_TIMEOUT per entry instead of hanging the worker."""
 
     def __init__(self, include: Iterable[str], exclude: Iterable[str]) -> None:
         self._include = [self._compile(p) for p in include]
         self._exclude = [self._compile(p) for p in exclude]
 
     @staticmethod
-    def _compile(pattern: str) -> re.Pattern[str]:
+    def _compile(pattern: str) -> regex.Pattern[str]:
         if pattern.startswith("re:"):
-            return re.compile(pattern[3:])
-        return re.compile(re.escape(pattern), re.IGNORECASE)
+            return regex.compile(pattern[3:])
+        return regex.compile(regex.escape(pattern), regex.IGNORECASE)
+
+    @staticmethod
+    def _matches(patterns: list[regex.Pattern[str]], text: str) -> bool:
+        for pattern in patterns:
+            try:
+                if pattern.search(text, timeout=FILTER_TIMEOUT):
+                    return True
+            except TimeoutError:
+                log.warning("filter %r gave up after %ss", pattern.pattern, FILTER_TIMEOUT)
+        return False
 
     def keeps(self, text: str) -> bool:
-        if self._include and not any(p.search(text) for p in self._include):
+        if self._include and not self._matches(self._include, text):
             return False
-        return not any(p.search(text) for p in self._exclude)
+        return not self._matches(self._exclude, text)
 
 
 def normalize(
@@ -88,14 +106,16 @@ def normalize(
     feed_url: str,
     fetched_at: datetime,
     source_title: str = "",
+    id_mode: str = GUID,
 ) -> list[Entry]:
-    """Every entry of `feed` that passes the source's filters, once each, in document order."""
+    """Every entry of `feed` that passes the source's filters, once each, in document order.
+    `id_mode` is `guid`, or `link` for a source whose guids were found unusable."""
     keep = Filter(source.include, source.exclude)
     source_link = feed.link or feed_url
     entries: list[Entry] = []
     seen: set[str] = set()
     for parsed in feed.entries:
-        ident = entry_id(source.name, parsed)
+        ident = entry_id(source.name, parsed, id_mode)
         if ident in seen:
             continue
         seen.add(ident)
@@ -130,6 +150,7 @@ def normalize(
                 categories=tuple(xml_text(c) for c in parsed.categories),
                 source_title=xml_text(source_title or feed.title or source.name),
                 source_link=xml_text(source_link),
+                guid=xml_text(parsed.guid.strip()),
             )
         )
     return entries

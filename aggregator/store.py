@@ -1,10 +1,16 @@
 """Store: entries, their indexes and per-source state in Redis. The only module that imports redis.
 
-Layout (key names in `aggregator.keys`): each entry is a JSON string; a sorted set per category,
-per tag and one for everything orders entry ids by date; a hash keeps each entry's digest; a
-hash per source keeps its polling state; one sorted set keeps every source's next due time.
-A poll's writes go through one Lua script (`upsert.lua`), so an entry, its indexes and its
-source's state change together or not at all. Every Redis failure surfaces as StorageError.
+Layout (key names in `aggregator.keys`): each entry is a JSON string carrying the digest of what
+its source said; a sorted set per category, per tag and one for everything orders entry ids by
+date; a hash per source keeps its polling state; one sorted set keeps every source's next due
+time. Cross-source deduplication keeps a key per canonical link or global guid pointing at the
+entry, and an alias from each merged source's id to it; retention leaves a tombstone with a TTL
+so an expired entry still in its source's document is not stored again.
+
+Every multi-key write is one MULTI/EXEC transaction guarded by WATCH on the keys it read
+(optimistic concurrency: if another worker wrote them meanwhile, the plan is made again), so
+an entry, its indexes and its source's state change together or not at all. Every Redis failure
+surfaces as StorageError.
 """
 
 from __future__ import annotations
@@ -12,29 +18,45 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from importlib.resources import files
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
 from aggregator import keys
 from aggregator.errors import StorageError
-from aggregator.models import Entry, SourceState, Validators, entry_digest
+from aggregator.identity import dedup_keys
+from aggregator.models import Entry, Origin, SourceState, Validators, entry_digest
 
-_UPSERT = files("aggregator").joinpath("upsert.lua").read_text(encoding="utf-8")
 _CLAIM = """
 local names = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 for _, name in ipairs(names) do redis.call('ZADD', KEYS[1], ARGV[2], name) end
 return names
 """
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 8
+DAY = 86400
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SaveResult:
     new: int
     updated: int
+    merged: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lifetimes:
+    """How long dedup keys and tombstones live (seconds); both outlast retention's max_age so a
+    story is recognized, and an expired one stays expired, for as long as it can matter."""
+
+    canon: int = 97 * DAY
+    tombstone: int = 97 * DAY
+
+    @classmethod
+    def for_max_age(cls, max_age: float) -> Lifetimes:
+        seconds = int(max_age) + 7 * DAY
+        return cls(canon=seconds, tombstone=max(seconds, 30 * DAY))
 
 
 def connect(url: str) -> redis.Redis | RedisCluster:
@@ -54,23 +76,33 @@ def _storage_errors(action: str) -> Iterator[None]:
         raise StorageError(f"Redis failed while {action}: {err}") from err
 
 
-def _ts(value: datetime | None) -> str:
-    return f"{value.timestamp():.6f}" if value is not None else ""
+def _ts(value: datetime) -> float:
+    return round(value.timestamp(), 6)
 
 
 def _dt(value: str | None) -> datetime | None:
     return datetime.fromtimestamp(float(value), UTC) if value else None
 
 
+def _indexes(entry: Entry) -> set[str]:
+    return {
+        keys.ALL,
+        *(keys.index("category", c) for c in entry.all_categories),
+        *(keys.index("tag", t) for t in entry.all_tags),
+    }
+
+
 class Store:
-    def __init__(self, client: redis.Redis | RedisCluster) -> None:
+    def __init__(
+        self, client: redis.Redis | RedisCluster, lifetimes: Lifetimes | None = None
+    ) -> None:
         self.client = client
-        self._upsert = client.register_script(_UPSERT)
+        self.lifetimes = lifetimes or Lifetimes()
         self._claim = client.register_script(_CLAIM)
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(connect(url))
+    def from_url(cls, url: str, lifetimes: Lifetimes | None = None) -> Store:
+        return cls(connect(url), lifetimes)
 
     def close(self) -> None:
         self.client.close()
@@ -81,6 +113,19 @@ class Store:
         except redis.RedisError:
             return False
 
+    def _transaction(self, action: str, attempt: Any) -> Any:
+        """Run `attempt(pipe)` (WATCH, read, MULTI, queue writes) until EXEC succeeds."""
+        with _storage_errors(action):
+            for _ in range(MAX_ATTEMPTS):
+                with self.client.pipeline(transaction=True) as pipe:
+                    try:
+                        result = attempt(pipe)
+                        pipe.execute()
+                        return result
+                    except redis.WatchError:
+                        continue
+        raise StorageError(f"{action}: the data kept changing under us; try again")
+
     # --- writes ---------------------------------------------------------------------------
 
     def save_poll(
@@ -89,85 +134,77 @@ class Store:
         entries: Sequence[Entry],
         state: Mapping[str, str | int | float],
         next_due: datetime | None,
+        *,
+        guids: Mapping[str, str] | None = None,
     ) -> SaveResult:
-        """Write one poll's entries (new and changed ones only) with the source's state and
-        next due time, atomically. An unchanged entry is not rewritten; a changed one keeps its
-        first-seen time and moves between indexes if its category or tags changed."""
-        for _ in range(MAX_ATTEMPTS):
-            with _storage_errors(f"saving {source}"):
-                result = self._try_save(source, entries, state, next_due)
-            if result is not None:
-                return result
-        raise StorageError(f"saving {source}: entries kept changing under us; try again")
-
-    def _try_save(
-        self,
-        source: str,
-        entries: Sequence[Entry],
-        state: Mapping[str, str | int | float],
-        next_due: datetime | None,
-    ) -> SaveResult | None:
-        digests = [entry_digest(e) for e in entries]
-        current: list[str | None] = (
-            [_str(d) for d in self.client.hmget(keys.DIGESTS, [e.id for e in entries])]
-            if entries
-            else []
+        """Write one poll's result in one transaction: new entries with their indexes and dedup
+        keys; changed ones (digest differs) in place, keeping their first-seen time and other
+        sources, with `updated` set when the source gave none; a story another source already
+        brought merged into that entry; the source's state, next due time and guid memory.
+        Unchanged entries and expired ones (tombstoned) are not written."""
+        return self._transaction(  # type: ignore[no-any-return]
+            f"saving {source}",
+            lambda pipe: _SavePlan(self, pipe, source).run(entries, state, next_due, guids),
         )
-        changed = [
-            e.id
-            for e, d, c in zip(entries, digests, current, strict=True)
-            if c is not None and c != d
-        ]
-        old: dict[str, Entry] = {}
-        if changed:
-            for raw in self.client.mget([keys.entry(i) for i in changed]):
-                if raw:
-                    stored_entry = Entry.from_json(raw)
-                    old[stored_entry.id] = stored_entry
-        key_list = [keys.DIGESTS, keys.source(source), keys.DUE]
-        positions: dict[str, int] = {}
-
-        def pos(key: str) -> int:
-            if key not in positions:
-                key_list.append(key)
-                positions[key] = len(key_list)  # Lua is 1-based
-            return positions[key]
-
-        args: list[str | int | float] = [source, _ts(next_due), len(state)]
-        for field, value in state.items():
-            args += [field, value]
-        writes: list[str | int | float] = []
-        count = 0
-        for entry, digest, stored in zip(entries, digests, current, strict=True):
-            if stored == digest:
-                continue
-            previous: Entry | None = old.get(entry.id)
-            if previous is not None:
-                entry = dataclasses.replace(entry, first_seen=previous.first_seen)
-            add = _indexes(entry)
-            remove = _indexes(previous) - add if previous is not None else set()
-            writes += [
-                entry.id,
-                stored or "",
-                digest,
-                entry.to_json(),
-                f"{entry.date.timestamp():.6f}",
-                pos(keys.entry(entry.id)),
-                len(add),
-            ]
-            writes += [pos(k) for k in sorted(add)]
-            writes += [len(remove)] + [pos(k) for k in sorted(remove)]
-            count += 1
-        result = self._upsert(keys=key_list, args=[*args, count, *writes])
-        if int(result[0]) == -1:
-            return None
-        return SaveResult(new=int(result[0]), updated=int(result[1]))
 
     def save_state(
         self, source: str, state: Mapping[str, str | int | float], next_due: datetime | None
     ) -> None:
         """Record a poll that stored no entries (not modified, or failed)."""
         self.save_poll(source, (), state, next_due)
+
+    def enforce_retention(
+        self, category: str, max_entries: int, max_age: float, now: datetime
+    ) -> int:
+        """Keep at most `max_entries` entries no older than `max_age` seconds in `category`.
+        An entry leaving its only category is deleted with every index entry, alias and dedup
+        claim, and its ids are tombstoned; one still filed elsewhere only leaves this
+        category. Returns how many left the category."""
+        index = keys.index("category", category)
+        cutoff = _ts(now - timedelta(seconds=max_age))
+        with _storage_errors(f"checking retention of {category}"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zcard(index)
+            pipe.zrangebyscore(index, "-inf", f"({cutoff}", start=0, num=1)
+            count, old = pipe.execute()
+        if count <= max_entries and not old:
+            return 0
+
+        def attempt(pipe: Any) -> int:
+            pipe.watch(index)
+            victims = list(
+                dict.fromkeys(
+                    [
+                        *pipe.zrangebyscore(index, "-inf", f"({cutoff}"),
+                        *pipe.zrevrange(index, max_entries, -1),
+                    ]
+                )
+            )
+            if not victims:
+                pipe.multi()
+                return 0
+            entry_keys = [keys.entry(v) for v in victims]
+            pipe.watch(*entry_keys)
+            stored = pipe.mget(entry_keys)
+            pipe.multi()
+            for victim, raw in zip(victims, stored, strict=True):
+                pipe.zrem(index, victim)
+                if raw is None:
+                    continue
+                entry = Entry.from_json(raw)
+                if any(c != category for c in entry.all_categories):
+                    continue
+                pipe.delete(keys.entry(victim))
+                pipe.zrem(keys.ALL, victim)
+                for tag in entry.all_tags:
+                    pipe.zrem(keys.index("tag", tag), victim)
+                for origin in entry.merged:
+                    pipe.delete(keys.alias(origin.id))
+                for ident in (victim, *(o.id for o in entry.merged)):
+                    pipe.set(keys.gone(ident), 1, ex=self.lifetimes.tombstone)
+            return len(victims)
+
+        return self._transaction(f"enforcing retention of {category}", attempt)  # type: ignore[no-any-return]
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -204,6 +241,13 @@ class Store:
                 pipe.zscore(keys.DUE, name)
             replies = pipe.execute()
         return [_state(name, replies[2 * i], replies[2 * i + 1]) for i, name in enumerate(names)]
+
+    def previous_guids(self, source: str) -> dict[str, str]:
+        """link → guid of the source's entries at its last full poll."""
+        with _storage_errors(f"reading {source}"):
+            return {
+                str(k): str(v) for k, v in self.client.hgetall(keys.source_guids(source)).items()
+            }
 
     def validators(self, source: str) -> Validators:
         with _storage_errors(f"reading {source}"):
@@ -244,18 +288,6 @@ class Store:
             return int(self.client.incr(keys.RELOAD))
 
 
-def _str(value: object) -> str | None:
-    return None if value is None else str(value)
-
-
-def _indexes(entry: Entry) -> set[str]:
-    return {
-        keys.ALL,
-        keys.index("category", entry.category),
-        *(keys.index("tag", t) for t in entry.tags),
-    }
-
-
 def _state(name: str, data: dict[str, str], due: float | None) -> SourceState:
     return SourceState(
         name=name,
@@ -270,4 +302,141 @@ def _state(name: str, data: dict[str, str], due: float | None) -> SourceState:
         new_entries=int(data.get("new") or 0),
         stored=int(data.get("stored") or 0),
         validators=Validators(data.get("etag", ""), data.get("last_modified", "")),
+        id_mode=data.get("id_mode") or "guid",
     )
+
+
+class _SavePlan:
+    """One attempt at saving one poll: read under WATCH, decide, queue the writes."""
+
+    def __init__(self, store: Store, pipe: Any, source: str) -> None:
+        self.store = store
+        # redis-py's Pipeline is typed for bytes or str replies alike; ours are str
+        # (decode_responses=True), so it is used untyped here.
+        self.pipe: Any = pipe
+        self.source = source
+        self.pending: dict[str, Entry] = {}  # entries to write, by id, in their final form
+        self.indexes: list[tuple[str, float, str]] = []  # (index key, score, id) to add
+        self.unindex: list[tuple[str, str]] = []  # (index key, id) to remove
+
+    def run(
+        self,
+        entries: Sequence[Entry],
+        state: Mapping[str, str | int | float],
+        next_due: datetime | None,
+        guids: Mapping[str, str] | None,
+    ) -> SaveResult:
+        pipe, lifetimes = self.pipe, self.store.lifetimes
+        ids = [e.id for e in entries]
+        claims = {e.id: [keys.canon(k) for k in dedup_keys(e.link, e.guid)] for e in entries}
+        canon_keys = list(dict.fromkeys(k for ks in claims.values() for k in ks))
+        watched = [*map(keys.entry, ids), *map(keys.alias, ids), *map(keys.gone, ids), *canon_keys]
+        if watched:
+            pipe.watch(*watched)
+        stored = pipe.mget(list(map(keys.entry, ids))) if ids else []
+        aliases = pipe.mget(list(map(keys.alias, ids))) if ids else []
+        gone = pipe.mget(list(map(keys.gone, ids))) if ids else []
+        owners = dict(zip(canon_keys, pipe.mget(canon_keys), strict=True)) if canon_keys else {}
+        loaded = {e.id: Entry.from_json(raw) for e, raw in zip(entries, stored, strict=True) if raw}
+        targets = {t for t in (*aliases, *owners.values()) if t and t not in loaded}
+        if targets:
+            target_keys = [keys.entry(t) for t in targets]
+            pipe.watch(*target_keys)
+            for raw in pipe.mget(target_keys):
+                if raw:
+                    entry = Entry.from_json(raw)
+                    loaded[entry.id] = entry
+        pipe.multi()
+
+        new = updated = merged = 0
+        for entry, was_gone, alias in zip(entries, gone, aliases, strict=True):
+            if was_gone:
+                # Still in the source's document: keep it expired for as long as it is listed.
+                pipe.expire(keys.gone(entry.id), lifetimes.tombstone)
+                continue
+            current = self.pending.get(entry.id) or loaded.get(entry.id)
+            if current is not None and current.source == self.source:
+                updated += self._update(current, entry, claims[entry.id])
+                continue
+            target_id = alias or next(
+                (owners[k] for k in claims[entry.id] if owners.get(k) in {*loaded, *self.pending}),
+                None,
+            )
+            target = self.pending.get(target_id or "") or loaded.get(target_id or "")
+            if target is not None and target.id != entry.id:
+                if target.source == self.source:
+                    # The same story under a new id from the same source (its guid changed):
+                    # it is still that source's entry, so its changes apply to the stored one.
+                    pipe.set(keys.alias(entry.id), target.id)
+                    same = dataclasses.replace(entry, id=target.id)
+                    updated += self._update(target, same, claims[entry.id])
+                else:
+                    merged += self._merge(target, entry)
+                continue
+            self._add(entry, claims[entry.id], owners)
+            new += 1
+
+        for entry in self.pending.values():
+            pipe.set(keys.entry(entry.id), entry.to_json())
+        for index, score, ident in self.indexes:
+            pipe.zadd(index, {ident: score})
+        for index, ident in self.unindex:
+            pipe.zrem(index, ident)
+        fields = {**state, "new": new}
+        pipe.hset(keys.source(self.source), mapping=fields)
+        pipe.hincrby(keys.source(self.source), "stored", new)
+        if next_due is not None:
+            pipe.zadd(keys.DUE, {self.source: _ts(next_due)})
+        if guids is not None:
+            pipe.delete(keys.source_guids(self.source))
+            if guids:
+                pipe.hset(keys.source_guids(self.source), mapping=dict(guids))
+        return SaveResult(new, updated, merged)
+
+    def _index(self, entry: Entry, score_of: Entry | None = None) -> None:
+        score = _ts((score_of or entry).date)
+        self.indexes += [(index, score, entry.id) for index in sorted(_indexes(entry))]
+
+    def _claim(self, entry_id: str, claims: list[str]) -> None:
+        for key in claims:
+            self.pipe.set(key, entry_id, ex=self.store.lifetimes.canon)
+
+    def _add(self, entry: Entry, claims: list[str], owners: dict[str, str | None]) -> None:
+        stored = dataclasses.replace(entry, digest=entry_digest(entry), merged=())
+        self.pending[entry.id] = stored
+        self._index(stored)
+        unclaimed = [k for k in claims if owners.get(k) in (None, entry.id)]
+        self._claim(entry.id, unclaimed)
+        for key in unclaimed:
+            owners[key] = entry.id  # later entries of this batch merge into this one
+
+    def _update(self, current: Entry, incoming: Entry, claims: list[str]) -> int:
+        digest = entry_digest(incoming)
+        if digest == current.digest:
+            return 0
+        changed = dataclasses.replace(
+            incoming,
+            first_seen=current.first_seen,
+            # An entry that changed without saying when is stamped with when we saw it change.
+            updated=incoming.updated or incoming.first_seen,
+            merged=current.merged,
+            digest=digest,
+        )
+        self.pending[changed.id] = changed
+        for index in sorted(_indexes(current) - _indexes(changed)):
+            self.unindex.append((index, changed.id))
+        self._index(changed)
+        self._claim(changed.id, claims)
+        return 1
+
+    def _merge(self, target: Entry, incoming: Entry) -> int:
+        """`incoming` is a copy of `target`'s story from this source: file the target where
+        this source files it too, and remember where it came from."""
+        self.pipe.set(keys.alias(incoming.id), target.id)
+        if any(o.id == incoming.id for o in target.merged):
+            return 0
+        origin = Origin(self.source, incoming.id, incoming.category, incoming.tags)
+        combined = dataclasses.replace(target, merged=(*target.merged, origin))
+        self.pending[combined.id] = combined
+        self._index(combined)
+        return 1

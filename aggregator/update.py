@@ -9,13 +9,14 @@ handed in by the caller; the fetches are asynchronous.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aggregator import schedule
+from aggregator import identity, schedule
 from aggregator.config import Config, Source
 from aggregator.errors import SourceError
 from aggregator.fetch import Fetcher
@@ -46,14 +47,42 @@ class Outcome:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """One document's entries, and what it taught us about the source's guids."""
+
+    entries: list[Entry]
+    id_mode: str
+    guid_problem: str | None
+    guids: dict[str, str]  # link → guid, remembered for the next poll
+
+
 def process(
-    source: Source, body: bytes, url: str, content_type: str, fetched_at: datetime
-) -> list[Entry]:
-    """Parse and normalize one fetched document. Pure, and picklable for a process pool."""
+    source: Source,
+    body: bytes,
+    url: str,
+    content_type: str,
+    fetched_at: datetime,
+    id_mode: str = identity.GUID,
+    previous_guids: Mapping[str, str] | None = None,
+) -> Processed:
+    """Parse and normalize one fetched document. Pure, and picklable for a process pool.
+    A source whose guids turn out unusable switches to link identity, for good."""
     feed = parse(body, url, content_type)
-    return normalize(
-        source, feed, feed_url=url, fetched_at=fetched_at, source_title=source.title or ""
+    pairs = [(e.guid, e.link) for e in feed.entries]
+    problem = identity.guid_problem(pairs, previous_guids or {})
+    if problem is not None:
+        id_mode = identity.LINK
+    entries = normalize(
+        source,
+        feed,
+        feed_url=url,
+        fetched_at=fetched_at,
+        source_title=source.title or "",
+        id_mode=id_mode,
     )
+    guids = {link.strip(): guid.strip() for guid, link in pairs if guid.strip() and link.strip()}
+    return Processed(entries, id_mode, problem, guids)
 
 
 class Updater:
@@ -99,7 +128,7 @@ class Updater:
                     not_modified=True,
                     seconds=time.perf_counter() - started,
                 )
-            entries = await self._process(source, fetched, now)
+            processed = await self._process(source, fetched, now, previous.id_mode)
         except SourceError as err:
             failures = previous.failures + 1
             status = getattr(err, "status", None) or 0
@@ -110,6 +139,7 @@ class Updater:
             return Outcome(
                 source.name, False, status, error=str(err), seconds=time.perf_counter() - started
             )
+        entries = processed.entries
         state.update(
             status=fetched.status,
             last_error="",
@@ -117,9 +147,24 @@ class Updater:
             entries=len(entries),
             last_success=now.timestamp(),
             final_url=fetched.final_url,
+            id_mode=processed.id_mode,
         )
+        if processed.guid_problem:
+            state["id_note"] = f"ids from links: {processed.guid_problem}"
         result = await asyncio.to_thread(
-            store.save_poll, source.name, entries, state, schedule.next_due(now, interval)
+            functools.partial(store.save_poll, guids=processed.guids),
+            source.name,
+            entries,
+            state,
+            schedule.next_due(now, interval),
+        )
+        retention = self.config.settings.retention
+        await asyncio.to_thread(
+            store.enforce_retention,
+            source.category_name,
+            retention.max_entries,
+            retention.max_age,
+            now,
         )
         return Outcome(
             source.name,
@@ -131,8 +176,19 @@ class Updater:
             seconds=time.perf_counter() - started,
         )
 
-    async def _process(self, source: Source, fetched: FetchResult, now: datetime) -> list[Entry]:
-        args = (source, fetched.body, fetched.final_url, fetched.content_type, now)
+    async def _process(
+        self, source: Source, fetched: FetchResult, now: datetime, id_mode: str
+    ) -> Processed:
+        previous_guids = await asyncio.to_thread(self.store.previous_guids, source.name)
+        args = (
+            source,
+            fetched.body,
+            fetched.final_url,
+            fetched.content_type,
+            now,
+            id_mode,
+            previous_guids,
+        )
         if self.executor is None:
             return process(*args)
         loop = asyncio.get_running_loop()

@@ -226,7 +226,13 @@ class ConfigWriter:
     monkeypatch: pytest.MonkeyPatch
 
     def write(self, sources: list[dict[str, Any]], **extra: Any) -> Config:
-        settings = {"min_interval": "1s", "timeout": "5s", **extra.pop("settings", {})}
+        # The fixtures are dated 2022 and 2024: keep them clear of the default 90-day retention.
+        settings = {
+            "min_interval": "1s",
+            "timeout": "5s",
+            "retention": {"max_age": "10000d"},
+            **extra.pop("settings", {}),
+        }
         document = {"settings": settings, "sources": sources, **extra}
         self.path.write_text(yaml.safe_dump(document, allow_unicode=True), encoding="utf-8")
         self.monkeypatch.setenv(config_module.ENV_CONFIG, str(self.path))

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from aggregator import keys
+from aggregator import store as store_module
 from aggregator.errors import StorageError
 from aggregator.models import Author, Entry, Validators, entry_digest
 from aggregator.store import MAX_ATTEMPTS, SaveResult, Store
@@ -125,7 +126,7 @@ def test_entry_round_trips_with_offsets_kept(store: Store) -> None:
     )
     store.save_poll("src", [e], STATE, None)
     got = store.entry("rt")
-    assert got == e
+    assert got == dataclasses.replace(e, digest=entry_digest(e))
     assert got is not None and got.published is not None
     assert got.published.utcoffset() == timedelta(hours=8)
     assert store.entry("missing") is None
@@ -156,7 +157,6 @@ def test_saving_the_same_entries_again_rewrites_nothing(store: Store, raw: redis
     assert store.save_poll("src", [a, b], STATE, None) == SaveResult(2, 0)
     stored_json = {i: raw.get(keys.entry(i)) for i in ("a", "b")}
     all_scores = scores(raw, keys.ALL)
-    digests = raw.hgetall(keys.DIGESTS)
 
     # Mark the stored copy of "a" without touching its digest: a rewrite would erase the mark.
     marked = dataclasses.replace(Entry.from_json(stored_json["a"] or ""), title="MARK")
@@ -172,7 +172,6 @@ def test_saving_the_same_entries_again_rewrites_nothing(store: Store, raw: redis
     got_b = store.entry("b")
     assert got_b is not None and got_b.first_seen == T0
     assert scores(raw, keys.ALL) == all_scores
-    assert raw.hgetall(keys.DIGESTS) == digests
     state = store.source_states(["src"])[0]
     assert (state.new_entries, state.stored) == (0, 2)
 
@@ -191,9 +190,11 @@ def test_changed_entry_is_updated_and_keeps_first_seen(store: Store, raw: redis.
     assert got is not None
     assert got.content == "<p>v2</p>"
     assert got.first_seen == T0
-    assert raw.hget(keys.DIGESTS, "a") == entry_digest(changed)
-    # Still dated (and scored) by the first-seen time it kept, not the later one.
-    assert raw.zscore(keys.ALL, "a") == pytest.approx(T0.timestamp(), abs=1e-6)
+    assert got.digest == entry_digest(changed)
+    # The source gave no dates: the change is stamped as an update when we saw it, and the
+    # entry is dated (and scored) by that.
+    assert got.updated == later
+    assert raw.zscore(keys.ALL, "a") == pytest.approx(later.timestamp(), abs=1e-6)
     assert store.count("all") == 2
     assert ids(store.entries("tag", "t1")) == ["a", "b"]
     state = store.source_states(["src"])[0]
@@ -392,19 +393,20 @@ def snapshot(raw: redis.Redis) -> dict[str, Any]:
     return out
 
 
-def interleave(monkeypatch: pytest.MonkeyPatch, store: Store, write: Any, times: int) -> list[int]:
-    """Run `write` (a real Redis write by "another worker") right after `_try_save` has read the
-    digests and just before it runs the upsert script, the first `times` times."""
-    real = store._upsert
+def interleave(monkeypatch: pytest.MonkeyPatch, write: Any, times: int) -> list[int]:
+    """Run `write` (a real Redis write by "another worker") after a save has read under WATCH
+    and queued its writes, just before EXEC, the first `times` times."""
+    real = store_module._SavePlan.run
     calls = [0]
 
-    def upsert(*args: Any, **kwargs: Any) -> Any:
+    def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, *args, **kwargs)
         calls[0] += 1
         if calls[0] <= times:
             write()
-        return real(*args, **kwargs)
+        return result
 
-    monkeypatch.setattr(store, "_upsert", upsert)
+    monkeypatch.setattr(store_module._SavePlan, "run", run)
     return calls
 
 
@@ -414,45 +416,48 @@ def test_conflict_leaves_nothing_half_written(
     base = make_entry("base", tags=("old",))
     store.save_poll("src", [base], {"status": 200, "entries": 1}, T0)
     before = snapshot(raw)
+    other = make_entry("b", source="elsewhere", content="<p>theirs</p>")
 
-    # "Another worker" writes b's digest between our read and our script. Entry a comes first
-    # in the batch and is free of conflict: it must not be written either, nor the retag of
+    # "Another worker" stores entry b between our read and our EXEC. Entry a comes first in
+    # the batch and is free of conflict: it must not be written either, nor the retag of
     # `base`, nor the state, nor the due time.
     def other_worker() -> None:
-        raw.hset(keys.DIGESTS, "b", "digest-from-elsewhere")
+        raw.set(keys.entry("b"), other.to_json())
 
-    calls = interleave(monkeypatch, store, other_worker, times=1)
+    calls = interleave(monkeypatch, other_worker, times=1)
     batch = [make_entry("a"), make_entry("b"), dataclasses.replace(base, tags=("new",))]
-    result = store._try_save(
-        "src", batch, {"status": 201, "entries": 3, "last_error": "x"}, T0 + timedelta(hours=1)
-    )
-    assert result is None
+    with store.client.pipeline(transaction=True) as pipe:
+        store_module._SavePlan(store, pipe, "src").run(
+            batch, {"status": 201, "entries": 3}, T0 + timedelta(hours=1), None
+        )
+        with pytest.raises(redis.WatchError):
+            pipe.execute()
     assert calls[0] == 1
 
     after = snapshot(raw)
-    assert after.pop(keys.DIGESTS) == {**before.pop(keys.DIGESTS), "b": "digest-from-elsewhere"}
+    assert after.pop(keys.entry("b")) == other.to_json()
     assert after == before
     assert not raw.exists(keys.entry("a"))
-    assert not raw.exists(keys.entry("b"))
     assert index_ids(raw, keys.index("tag", "old")) == ["base"]
     assert not raw.exists(keys.index("tag", "new"))
     assert store.source_states(["src"])[0].status == 200
 
 
 def test_save_poll_retries_after_a_concurrent_identical_write(
-    redis_url: str, store: Store, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entries = [make_entry("a"), make_entry("b", published=T0 + timedelta(minutes=1))]
     other = Store.from_url(redis_url)
     try:
         # Another worker polls the same feed and saves the same entries first.
         calls = interleave(
-            monkeypatch, store, lambda: other.save_poll("src", entries, {"status": 200}, T0), 1
+            monkeypatch, lambda: other.save_poll("src", entries, {"status": 200}, T0), 1
         )
         result = store.save_poll("src", entries, {"status": 200}, T0)
     finally:
         other.close()
-    assert calls[0] == 2  # the first script run hit the conflict, the retry went through
+    # ours, the other worker's (run inside ours), and our retry
+    assert calls[0] == 3
     assert result == SaveResult(0, 0)  # nothing left for us to write
     assert ids(store.entries("all")) == ["b", "a"]
     assert store.source_states(["src"])[0].stored == 2  # counted once, not twice
@@ -465,9 +470,9 @@ def test_save_poll_gives_up_with_storage_error_when_always_conflicting(
 
     def keep_changing() -> None:
         counter[0] += 1
-        raw.hset(keys.DIGESTS, "a", f"elsewhere-{counter[0]}")
+        raw.set(keys.alias("a"), f"elsewhere-{counter[0]}")
 
-    calls = interleave(monkeypatch, store, keep_changing, times=10**6)
+    calls = interleave(monkeypatch, keep_changing, times=10**6)
     with pytest.raises(StorageError, match="kept changing"):
         store.save_poll("src", [make_entry("a")], {"status": 200}, T0)
     assert calls[0] == MAX_ATTEMPTS
