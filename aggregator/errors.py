@@ -44,9 +44,12 @@ class FetchError(SourceError):
 
     kind = "fetch"
 
-    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+    def __init__(
+        self, url: str, reason: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(url, reason)
         self.status = status
+        self.retry_after = retry_after  # seconds the server asked us to wait (429, 503)
 
 
 class ParseError(SourceError):

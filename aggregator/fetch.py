@@ -10,6 +10,8 @@ feedparser's own fetching is never used: it has no timeout.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from types import TracebackType
 
 import aiohttp
@@ -89,6 +91,8 @@ class Fetcher:
                     etag=response.headers.get("ETag", ""),
                     last_modified=response.headers.get("Last-Modified", ""),
                 )
+                moved_to = _moved_to(response)
+                max_age = _max_age(response.headers.get("Cache-Control", ""))
                 if response.status == 304:
                     # A 304 may omit validators; keep the ones we sent (RFC 9110 §15.4.5).
                     return NotModified(
@@ -97,12 +101,15 @@ class Fetcher:
                             etag=got.etag or validators.etag,
                             last_modified=got.last_modified or validators.last_modified,
                         ),
+                        moved_to=moved_to,
+                        max_age=max_age,
                     )
                 if not 200 <= response.status < 300:
                     raise FetchError(
                         url,
                         f"HTTP {response.status} {response.reason or ''}".strip(),
                         response.status,
+                        retry_after(response.headers.get("Retry-After", ""), datetime.now(UTC)),
                     )
                 declared = response.content_length
                 if declared is not None and declared > limit:
@@ -123,6 +130,8 @@ class Fetcher:
                     content_type=response.headers.get("Content-Type", ""),
                     body=bytes(body),
                     validators=got,
+                    moved_to=moved_to,
+                    max_age=max_age,
                 )
         except FetchError:
             raise
@@ -132,7 +141,55 @@ class Fetcher:
             raise FetchError(url, f"timed out after {self._settings.timeout:g}s") from err
         except aiohttp.InvalidURL as err:
             raise FetchError(url, "invalid URL") from err
+        except aiohttp.NonHttpUrlRedirectClientError as err:
+            raise FetchError(url, "redirected to a URL that is not http(s)") from err
         except aiohttp.ClientResponseError as err:
             raise FetchError(url, f"bad response: {err.message}", err.status) from err
         except aiohttp.ClientError as err:
             raise FetchError(url, "connection failed") from err
+
+
+def _moved_to(response: aiohttp.ClientResponse) -> str:
+    """Where the leading run of permanent redirects (301, 308; RFC 9110 §15.4.2, §15.4.9)
+    ends: the URL to poll from now on. A temporary redirect (302, 303, 307) on the way stops
+    the run: what lies behind it may change back."""
+    hops = [*response.history, response]
+    moved = ""
+    for hop, following in zip(hops, hops[1:], strict=False):
+        if hop.status not in (301, 308):
+            break
+        moved = str(following.url)
+    return moved
+
+
+def _max_age(cache_control: str) -> float | None:
+    """`max-age` (or `s-maxage`, which speaks to shared caches like us) of a Cache-Control
+    header, in seconds (RFC 9111 §5.2.2.1)."""
+    found: float | None = None
+    for directive in cache_control.split(","):
+        name, _, value = directive.strip().partition("=")
+        if name.lower() in ("max-age", "s-maxage"):
+            try:
+                seconds = float(int(value.strip().strip('"')))
+            except ValueError:
+                continue
+            if seconds >= 0 and (found is None or name.lower() == "s-maxage"):
+                found = seconds
+    return found
+
+
+def retry_after(value: str, now: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP-date
+    (RFC 9110 §10.2.3). None when absent or unreadable."""
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)

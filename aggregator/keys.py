@@ -48,9 +48,30 @@ def index(kind: Kind, name: str = "") -> str:
     return f"{PREFIX}index:{kind}:{name}"
 
 
+def version(index_key: str) -> str:
+    """Counter: bumped whenever the index `index_key` (from `index`) changes."""
+    return index_key.replace(":index:", ":version:", 1)
+
+
+def rendered(kind: Kind, name: str, variant: str) -> str:
+    """Hash with a TTL: a rendered feed (body, etag, last_modified) and the index version it
+    was rendered from."""
+    return f"{PREFIX}rendered:{kind}:{name}:{variant}"
+
+
 def source(name: str) -> str:
     """Hash: one source's polling state."""
     return f"{PREFIX}source:{name}"
+
+
+def host_inflight(host: str) -> str:
+    """Sorted set: tokens of requests to `host` under way, scored by when their slot lapses."""
+    return f"{PREFIX}host:{host}:inflight"
+
+
+def host_recent(host: str) -> str:
+    """Sorted set: tokens of requests to `host` started in the last minute, by start time."""
+    return f"{PREFIX}host:{host}:recent"
 
 
 def source_guids(name: str) -> str:

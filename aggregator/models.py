@@ -48,12 +48,17 @@ class Validators:
 
 @dataclass(frozen=True, slots=True)
 class FetchResult:
+    """A 2xx answer. `moved_to` is where permanent redirects (301, 308) led, to be used from
+    now on; `max_age` the server's Cache-Control freshness, a floor for the poll interval."""
+
     url: str
     final_url: str
     status: int
     content_type: str
     body: bytes
     validators: Validators = Validators()
+    moved_to: str = ""
+    max_age: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,8 @@ class NotModified:
 
     url: str
     validators: Validators = Validators()
+    moved_to: str = ""
+    max_age: float | None = None
 
 
 # --- parse results -------------------------------------------------------------------------
@@ -243,6 +250,15 @@ class SourceState:
     stored: int = 0
     validators: Validators = field(default_factory=Validators)
     id_mode: str = "guid"
+    moved_to: str = ""  # where a permanent redirect from `moved_from` led
+    moved_from: str = ""
+    gone: bool = False  # answered 410: not polled again on schedule
+    body_hash: str = ""
+
+    def fetch_url(self, configured: str) -> str:
+        """The URL to poll: the permanent redirect's target while feeds.yaml still names the
+        URL that redirected; the configured one once an editor changes it."""
+        return self.moved_to if self.moved_to and self.moved_from == configured else configured
 
 
 def entry_digest(entry: Entry) -> str:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from feedgen.feed import FeedGenerator
+from lxml import etree
 
 from aggregator import __version__
 from aggregator.models import Entry
@@ -30,12 +31,16 @@ MEDIA_TYPES: dict[Format, str] = {
 }
 GENERATOR = "aggregator"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ATOM = "http://www.w3.org/2005/Atom"
+OCTETS = "application/octet-stream"
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 
 
 @dataclass(frozen=True, slots=True)
 class FeedInfo:
     """What a merged feed says about itself. `path` is its URL path without the extension,
-    e.g. `/tags/%E8%B4%A2%E7%BB%8F`; `html_path` the page that lists the same entries."""
+    e.g. `/tags/%E8%B4%A2%E7%BB%8F`; `html_path` the page that lists the same entries.
+    `page` (1 = newest) and `has_next` make it one page of an RFC 5005 paged feed."""
 
     title: str
     description: str
@@ -43,13 +48,19 @@ class FeedInfo:
     path: str
     html_path: str
     hub: str | None = None
-
-    def url(self, fmt: Format) -> str:
-        return f"{self.base}{self.path}.{fmt}"
+    page: int = 1
+    has_next: bool = False
+    limit: int | None = None  # kept in paging links when not the default
 
     @property
     def base(self) -> str:
         return self.public_url.rstrip("/")
+
+    def url(self, fmt: Format, page: int = 1) -> str:
+        query = [f"page={page}"] if page > 1 else []
+        if self.limit is not None:
+            query.append(f"limit={self.limit}")
+        return f"{self.base}{self.path}.{fmt}" + ("?" + "&".join(query) if query else "")
 
     @property
     def html_url(self) -> str:
@@ -57,6 +68,15 @@ class FeedInfo:
 
     def entry_url(self, entry_id: str) -> str:
         return f"{self.base}/entries/{entry_id}"
+
+    def paging(self, fmt: Format) -> dict[str, str]:
+        """RFC 5005 §3 paging links: rel → URL."""
+        links = {"first": self.url(fmt)}
+        if self.page > 1:
+            links["previous"] = self.url(fmt, self.page - 1)
+        if self.has_next:
+            links["next"] = self.url(fmt, self.page + 1)
+        return links
 
 
 def updated(entry: Entry) -> datetime:
@@ -84,9 +104,7 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
     fg.title(title)
     fg.subtitle(xml_text(info.description) or title)
     fg.link(href=info.html_url, rel="alternate")
-    fg.link(href=info.url(fmt), rel="self")
-    if info.hub:
-        fg.link(href=info.hub, rel="hub")
+    fg.link(href=info.url(fmt, info.page), rel="self")
     # RFC 4287 §4.1.1: a feed needs an author unless every entry has one.
     fg.author({"name": title})
     fg.generator(GENERATOR, version=__version__)
@@ -98,31 +116,76 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
         page = info.entry_url(entry.id)
         fe.id(page)
         fe.guid(page, permalink=True)
-        fe.title(entry.title or "(untitled)")
+        fe.title(xml_text(entry.title) or "(untitled)")
         fe.link(href=entry.link or page, rel="alternate")
         if entry.content:
-            fe.content(entry.content, type="CDATA" if fmt == "rss" else "html")
+            # Escaped rather than CDATA: content may itself contain "]]>".
+            fe.content(xml_text(entry.content), type="html")
         if entry.summary:
-            fe.summary(entry.summary, type="html")
+            fe.summary(xml_text(entry.summary), type="html")
         if entry.published is not None:
             fe.published(entry.published)
         fe.updated(updated(entry))
         if fmt == "rss":
             fe.pubDate(entry.date)
+            if entry.enclosures:  # RSS 2.0 allows one enclosure per item
+                first = entry.enclosures[0]
+                fe.enclosure(first.url, str(first.length), first.type or OCTETS)
         for author in entry.authors:
             if author.name or author.email:
-                fe.author({k: v for k, v in author.to_dict().items() if k != "uri" or v})
-        for tag in entry.tags:
-            fe.category(term=tag)
-        for enclosure in entry.enclosures[:1] if fmt == "rss" else entry.enclosures:
-            fe.enclosure(
-                enclosure.url, str(enclosure.length), enclosure.type or "application/octet-stream"
-            )
+                fe.author({k: xml_text(v) for k, v in author.to_dict().items()})
+        for tag in entry.all_tags:
+            fe.category(term=xml_text(tag))
         if entry.source_link:
-            fe.source(url=entry.source_link, title=entry.source_title or entry.source)
+            fe.source(url=entry.source_link, title=xml_text(entry.source_title or entry.source))
+    out = fg.atom_str(pretty=False) if fmt == "atom" else fg.rss_str(pretty=False)
+    return _finish_xml(fmt, info, entries, bytes(out))
+
+
+def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], out: bytes) -> bytes:
+    """What feedgen 1.0.0 cannot write. Its Atom entry links lose every attribute but href (an
+    enclosure would become a second alternate link, which RFC 4287 §4.1.1 forbids), and its
+    RSS channel carries no atom:link but rel="self". So entry links (alternate and enclosures,
+    with type and length) and the channel's paging and hub links are written here."""
+    root = etree.fromstring(out, parser=_PARSER)
     if fmt == "atom":
-        return bytes(fg.atom_str(pretty=False))
-    return bytes(fg.rss_str(pretty=False))
+        container = root
+        for element, entry in zip(root.iterfind(f"{{{ATOM}}}entry"), entries, strict=True):
+            for link in element.findall(f"{{{ATOM}}}link"):
+                element.remove(link)
+            href = entry.link or info.entry_url(entry.id)
+            _link(element, href, "alternate", "text/html")
+            for enclosure in entry.enclosures:
+                length = str(enclosure.length) if enclosure.length else None
+                _link(element, enclosure.url, "enclosure", enclosure.type or None, length)
+    else:
+        container = root.find("channel")
+        assert container is not None
+    extra = dict(info.paging(fmt))
+    if info.hub:
+        extra["hub"] = info.hub
+    anchor = _after_links(container)
+    for rel, href in extra.items():
+        link = etree.Element(f"{{{ATOM}}}link", href=href, rel=rel)
+        anchor.addnext(link)
+        anchor = link
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def _link(
+    parent: Any, href: str, rel: str, type_: str | None = None, length: str | None = None
+) -> None:
+    link = etree.SubElement(parent, f"{{{ATOM}}}link", href=href, rel=rel)
+    if type_:
+        link.set("type", type_)
+    if length:
+        link.set("length", length)
+
+
+def _after_links(container: Any) -> Any:
+    """The element new feed-level links go after: the last one already there."""
+    links = container.findall(f"{{{ATOM}}}link")
+    return links[-1] if links else container[0]
 
 
 def render_json(info: FeedInfo, entries: Sequence[Entry]) -> bytes:
@@ -130,10 +193,12 @@ def render_json(info: FeedInfo, entries: Sequence[Entry]) -> bytes:
         "version": "https://jsonfeed.org/version/1.1",
         "title": info.title,
         "home_page_url": info.html_url,
-        "feed_url": info.url("json"),
+        "feed_url": info.url("json", info.page),
     }
     if info.description:
         feed["description"] = info.description
+    if info.has_next:
+        feed["next_url"] = info.url("json", info.page + 1)
     if info.hub:
         feed["hubs"] = [{"type": "WebSub", "url": info.hub}]
     feed["items"] = [_json_item(info, e) for e in entries]
@@ -160,13 +225,13 @@ def _json_item(info: FeedInfo, entry: Entry) -> dict[str, Any]:
     ]
     if authors:
         item["authors"] = authors
-    if entry.tags:
-        item["tags"] = list(entry.tags)
+    if entry.all_tags:
+        item["tags"] = list(entry.all_tags)
     if entry.enclosures:
         item["attachments"] = [
             {
                 "url": e.url,
-                "mime_type": e.type or "application/octet-stream",
+                "mime_type": e.type or OCTETS,
                 **({"size_in_bytes": e.length} if e.length else {}),
             }
             for e in entry.enclosures
@@ -176,5 +241,6 @@ def _json_item(info: FeedInfo, entry: Entry) -> dict[str, Any]:
         "title": entry.source_title,
         "url": entry.source_link,
         "category": entry.category,
+        "sources": list(entry.sources),
     }
     return item

@@ -34,6 +34,27 @@ local names = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 
 for _, name in ipairs(names) do redis.call('ZADD', KEYS[1], ARGV[2], name) end
 return names
 """
+# Politeness per host, across every worker (settings.per_host): at most `concurrency` requests
+# under way and `per_minute` started in any sliding minute. A slot whose worker died lapses.
+# Returns '0' when the slot is taken, else the seconds to wait (as text: Lua numbers are
+# truncated to integers on the way out).
+_HOST_SLOT = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return '0.05'
+end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return tostring(math.max(tonumber(oldest[2]) + 60 - now, 0.01))
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+redis.call('EXPIRE', KEYS[1], 3600)
+redis.call('EXPIRE', KEYS[2], 120)
+return '0'
+"""
 MAX_ATTEMPTS = 8
 DAY = 86400
 
@@ -43,6 +64,17 @@ class SaveResult:
     new: int
     updated: int
     merged: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rendered:
+    """A rendered feed as cached: the index version it reflects, and the response parts
+    (`body` is None on a miss)."""
+
+    version: int
+    body: str | None = None
+    etag: str = ""
+    last_modified: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -99,6 +131,7 @@ class Store:
         self.client = client
         self.lifetimes = lifetimes or Lifetimes()
         self._claim = client.register_script(_CLAIM)
+        self._host_slot = client.register_script(_HOST_SLOT)
 
     @classmethod
     def from_url(cls, url: str, lifetimes: Lifetimes | None = None) -> Store:
@@ -187,6 +220,7 @@ class Store:
             pipe.watch(*entry_keys)
             stored = pipe.mget(entry_keys)
             pipe.multi()
+            touched = {index}
             for victim, raw in zip(victims, stored, strict=True):
                 pipe.zrem(index, victim)
                 if raw is None:
@@ -195,13 +229,17 @@ class Store:
                 if any(c != category for c in entry.all_categories):
                     continue
                 pipe.delete(keys.entry(victim))
+                touched.add(keys.ALL)
                 pipe.zrem(keys.ALL, victim)
                 for tag in entry.all_tags:
+                    touched.add(keys.index("tag", tag))
                     pipe.zrem(keys.index("tag", tag), victim)
                 for origin in entry.merged:
                     pipe.delete(keys.alias(origin.id))
                 for ident in (victim, *(o.id for o in entry.merged)):
                     pipe.set(keys.gone(ident), 1, ex=self.lifetimes.tombstone)
+            for key in touched:
+                pipe.incr(keys.version(key))
             return len(victims)
 
         return self._transaction(f"enforcing retention of {category}", attempt)  # type: ignore[no-any-return]
@@ -223,6 +261,37 @@ class Store:
                 return []
             raw = self.client.mget([keys.entry(i) for i in ids])
         return [Entry.from_json(r) for r in raw if r]
+
+    def cached_render(self, kind: keys.Kind, name: str, variant: str) -> Rendered:
+        """The index's current version and, when one was stored for exactly that version,
+        the rendered feed. One round trip."""
+        with _storage_errors(f"reading the cached {kind} {name}"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(keys.version(keys.index(kind, name)))
+            pipe.hgetall(keys.rendered(kind, name, variant))
+            version, cached = pipe.execute()
+        version = int(version or 0)
+        if cached and int(cached.get("version", -1)) == version:
+            return Rendered(version, cached["body"], cached["etag"], cached["last_modified"])
+        return Rendered(version)
+
+    def cache_render(
+        self, kind: keys.Kind, name: str, variant: str, rendered: Rendered, ttl: int = DAY
+    ) -> None:
+        key = keys.rendered(kind, name, variant)
+        with _storage_errors(f"caching the {kind} {name}"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(
+                key,
+                mapping={
+                    "version": rendered.version,
+                    "body": rendered.body or "",
+                    "etag": rendered.etag,
+                    "last_modified": rendered.last_modified,
+                },
+            )
+            pipe.expire(key, ttl)
+            pipe.execute()
 
     def entry(self, entry_id: str) -> Entry | None:
         with _storage_errors(f"reading entry {entry_id}"):
@@ -279,6 +348,22 @@ class Store:
             )
         return [str(n) for n in names]
 
+    def take_host_slot(
+        self, host: str, token: str, now: float, lease: float, concurrency: int, per_minute: int
+    ) -> float:
+        """Try to start a request to `host`: 0 when the slot is ours (release it with
+        `release_host_slot`), else how many seconds to wait before trying again."""
+        with _storage_errors(f"taking a request slot for {host}"):
+            wait = self._host_slot(
+                keys=[keys.host_inflight(host), keys.host_recent(host)],
+                args=[now, now + lease, token, concurrency, per_minute],
+            )
+        return float(wait)
+
+    def release_host_slot(self, host: str, token: str) -> None:
+        with _storage_errors(f"releasing a request slot for {host}"):
+            self.client.zrem(keys.host_inflight(host), token)
+
     def reload_version(self) -> int:
         with _storage_errors("reading the reload counter"):
             return int(self.client.get(keys.RELOAD) or 0)
@@ -303,6 +388,10 @@ def _state(name: str, data: dict[str, str], due: float | None) -> SourceState:
         stored=int(data.get("stored") or 0),
         validators=Validators(data.get("etag", ""), data.get("last_modified", "")),
         id_mode=data.get("id_mode") or "guid",
+        moved_to=data.get("moved_to", ""),
+        moved_from=data.get("moved_from", ""),
+        gone=data.get("gone") == "1",
+        body_hash=data.get("body_hash", ""),
     )
 
 
@@ -382,6 +471,8 @@ class _SavePlan:
             pipe.zadd(index, {ident: score})
         for index, ident in self.unindex:
             pipe.zrem(index, ident)
+        for index in {i for i, _, _ in self.indexes} | {i for i, _ in self.unindex}:
+            pipe.incr(keys.version(index))  # cached renderings of this index are stale now
         fields = {**state, "new": new}
         pipe.hset(keys.source(self.source), mapping=fields)
         pipe.hincrby(keys.source(self.source), "stored", new)

@@ -9,12 +9,17 @@ handed in by the caller; the fetches are asynchronous.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
 
 from aggregator import identity, schedule
 from aggregator.config import Config, Source
@@ -26,6 +31,11 @@ from aggregator.parse import parse
 from aggregator.store import Store
 
 Clock = Callable[[], datetime]
+GONE = datetime(9999, 1, 1, tzinfo=UTC)  # the due time of a source that answered 410
+
+
+def _hash(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
 
 
 def utcnow() -> datetime:
@@ -55,6 +65,7 @@ class Processed:
     id_mode: str
     guid_problem: str | None
     guids: dict[str, str]  # link → guid, remembered for the next poll
+    ttl: float | None = None  # RSS <ttl>, in seconds
 
 
 def process(
@@ -109,54 +120,64 @@ class Updater:
         previous = (await asyncio.to_thread(store.source_states, [source.name]))[0]
         now = self.clock()
         interval = self.config.interval(source)
-        state: dict[str, str | int | float] = {"url": source.url, "last_poll": now.timestamp()}
+        url = previous.fetch_url(source.url)
+        state: dict[str, str | int | float] = {"url": url, "last_poll": now.timestamp()}
+
+        def outcome(ok: bool, status: int, **values: Any) -> Outcome:
+            return Outcome(source.name, ok, status, seconds=time.perf_counter() - started, **values)
+
         try:
-            fetched = await self.fetcher.fetch(source.url, previous.validators)
+            async with self._host_slot(url):
+                fetched = await self.fetcher.fetch(url, previous.validators)
             state.update(
-                etag=fetched.validators.etag, last_modified=fetched.validators.last_modified
+                etag=fetched.validators.etag,
+                last_modified=fetched.validators.last_modified,
+                last_error="",
+                failures=0,
+                gone=0,
+                last_success=now.timestamp(),
             )
-            if isinstance(fetched, NotModified):
-                state.update(status=304, last_error="", failures=0, last_success=now.timestamp())
-                await asyncio.to_thread(
-                    store.save_state, source.name, state, schedule.next_due(now, interval)
+            if fetched.moved_to:
+                state.update(url=fetched.moved_to, moved_to=fetched.moved_to, moved_from=source.url)
+            elif url != previous.moved_to:
+                state.update(moved_to="", moved_from="")  # feeds.yaml names a new URL
+            unchanged = isinstance(fetched, NotModified) or (
+                not fetched.validators.etag
+                and not fetched.validators.last_modified
+                and _hash(fetched.body) == previous.body_hash
+            )
+            if unchanged:
+                # RFC 9110 §15.4.5: a 304 costs no parse and no write but the state's; a body
+                # equal to the last one from a server without validators is treated alike.
+                state["status"] = 304 if isinstance(fetched, NotModified) else fetched.status
+                due = schedule.next_due(now, schedule.polite_interval(interval, fetched.max_age))
+                await asyncio.to_thread(store.save_state, source.name, state, due)
+                return outcome(
+                    True, int(state["status"]), entries=previous.entries, not_modified=True
                 )
-                return Outcome(
-                    source.name,
-                    True,
-                    304,
-                    previous.entries,
-                    not_modified=True,
-                    seconds=time.perf_counter() - started,
-                )
+            assert isinstance(fetched, FetchResult)
             processed = await self._process(source, fetched, now, previous.id_mode)
         except SourceError as err:
-            failures = previous.failures + 1
-            status = getattr(err, "status", None) or 0
-            state.update(status=status, last_error=str(err), failures=failures)
-            await asyncio.to_thread(
-                store.save_state, source.name, state, schedule.next_due(now, interval, failures)
-            )
-            return Outcome(
-                source.name, False, status, error=str(err), seconds=time.perf_counter() - started
-            )
+            return await self._failed(source, err, previous.failures + 1, now, state, outcome)
         entries = processed.entries
         state.update(
             status=fetched.status,
-            last_error="",
-            failures=0,
             entries=len(entries),
-            last_success=now.timestamp(),
             final_url=fetched.final_url,
             id_mode=processed.id_mode,
+            body_hash=_hash(fetched.body),
         )
         if processed.guid_problem:
             state["id_note"] = f"ids from links: {processed.guid_problem}"
+        due = schedule.next_due(
+            now, schedule.polite_interval(interval, fetched.max_age, processed.ttl)
+        )
         result = await asyncio.to_thread(
             functools.partial(store.save_poll, guids=processed.guids),
             source.name,
             entries,
             state,
-            schedule.next_due(now, interval),
+            due,
         )
         retention = self.config.settings.retention
         await asyncio.to_thread(
@@ -166,15 +187,60 @@ class Updater:
             retention.max_age,
             now,
         )
-        return Outcome(
-            source.name,
-            True,
-            fetched.status,
-            len(entries),
-            result.new,
-            result.updated,
-            seconds=time.perf_counter() - started,
+        return outcome(
+            True, fetched.status, entries=len(entries), new=result.new, updated=result.updated
         )
+
+    async def _failed(
+        self,
+        source: Source,
+        err: SourceError,
+        failures: int,
+        now: datetime,
+        state: dict[str, str | int | float],
+        outcome: Callable[..., Outcome],
+    ) -> Outcome:
+        status = getattr(err, "status", None) or 0
+        state.update(status=status, last_error=str(err), failures=failures)
+        if status == 410:
+            # RFC 9110 §15.5.11: gone for good. Stop polling on schedule and say so;
+            # `aggregator poll NAME` still tries it, and a success revives it.
+            state.update(gone=1, last_error=f"{err} (no longer polled: the server says gone)")
+            due = GONE
+        else:
+            due = schedule.next_due(
+                now,
+                self.config.interval(source),
+                failures,
+                retry_after=getattr(err, "retry_after", None),
+            )
+        await asyncio.to_thread(self.store.save_state, source.name, state, due)
+        return outcome(False, status, error=str(err))
+
+    @contextlib.asynccontextmanager
+    async def _host_slot(self, url: str) -> AsyncIterator[None]:
+        """Hold one of the host's request slots (settings.per_host, across all workers)."""
+        host = (urlsplit(url).hostname or "").lower()
+        limits = self.config.settings.per_host
+        token = uuid.uuid4().hex
+        lease = self.config.settings.timeout + 30
+        while True:
+            wait = await asyncio.to_thread(
+                self.store.take_host_slot,
+                host,
+                token,
+                time.time(),
+                lease,
+                limits.concurrency,
+                limits.per_minute,
+            )
+            if wait <= 0:
+                break
+            await asyncio.sleep(min(wait, 5.0))
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self.store.release_host_slot, host, token)
 
     async def _process(
         self, source: Source, fetched: FetchResult, now: datetime, id_mode: str

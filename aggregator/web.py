@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import quote
@@ -17,20 +18,22 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import http_date
 
+from aggregator import __version__, keys
 from aggregator import config as config_module
-from aggregator import keys
 from aggregator.config import Config
 from aggregator.errors import StorageError
 from aggregator.render import FORMATS, MEDIA_TYPES, FeedInfo, Format, last_modified, render
 from aggregator.services import open_store
-from aggregator.store import Store
+from aggregator.store import Rendered, Store
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-FEED_MAX_AGE = 60
+MAX_AGE_CAP = 3600  # Cache-Control max-age of a feed: its sources' shortest interval, ≤ 1 h
 
 FEED_REQUESTS = Counter("aggregator_feed_requests", "Feed requests served", ["format", "status"])
+FEED_RENDERS = Counter("aggregator_feed_renders", "Feeds rendered (cache misses)", ["format"])
 
 bp = Blueprint("aggregator", __name__)
 
@@ -39,6 +42,21 @@ bp = Blueprint("aggregator", __name__)
 class Services:
     config: Config
     store: Store
+    fingerprint: str  # of everything in the config that shows in a rendered feed
+
+
+def _fingerprint(config: Config) -> str:
+    """Cached renderings are keyed by this, so a changed title or public_url is never served
+    from a rendering made before the change."""
+    shown = {
+        "public_url": config.settings.public_url,
+        "hub": config.settings.websub_hub,
+        "tags": {k: v.model_dump() for k, v in config.tags.items()},
+        "categories": {k: v.model_dump() for k, v in config.categories.items()},
+        "version": __version__,
+    }
+    blob = json.dumps(shown, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
 def services() -> Services:
@@ -53,7 +71,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
         store, embedded = open_store(config)
         if embedded is not None:
             atexit.register(embedded.stop)
-    app.extensions["aggregator"] = Services(config, store)
+    app.extensions["aggregator"] = Services(config, store, _fingerprint(config))
     app.jinja_env.globals["media"] = {f: MEDIA_TYPES[f].split(";")[0] for f in FORMATS}
     app.register_blueprint(bp)
     app.register_error_handler(StorageError, _storage_unavailable)
@@ -74,6 +92,17 @@ def _storage_unavailable(err: StorageError) -> Response:
         mimetype="text/plain",
         headers={"Retry-After": "5"},
     )
+
+
+def _page() -> int:
+    raw = request.args.get("page", "1")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        abort(400, "page must be a whole number from 1")
+    return value
 
 
 def _limit() -> int:
@@ -102,16 +131,14 @@ def _known(kind: keys.Kind, name: str) -> None:
         abort(404, f"no {kind} named {name!r}")
 
 
-def _info(kind: keys.Kind, name: str) -> FeedInfo:
+def _info(
+    kind: keys.Kind, name: str, page: int = 1, has_next: bool = False, limit: int | None = None
+) -> FeedInfo:
     cfg = services().config
     settings = cfg.settings
     if kind == "all":
-        title, description, path, html_path = (
-            "All entries",
-            "Every entry from every source",
-            "/all",
-            "/",
-        )
+        title, description = "All entries", "Every entry from every source"
+        path, html_path = "/all", "/"
     else:
         meta = (cfg.tags if kind == "tag" else cfg.categories).get(name)
         title = cfg.tag_title(name) if kind == "tag" else cfg.category_title(name)
@@ -125,22 +152,57 @@ def _info(kind: keys.Kind, name: str) -> FeedInfo:
         path=path,
         html_path=html_path,
         hub=settings.websub_hub,
+        page=page,
+        has_next=has_next,
+        limit=limit if limit != DEFAULT_LIMIT else None,
     )
+
+
+def _max_age(kind: keys.Kind, name: str) -> int:
+    """Readers need not ask again sooner than the feed's fastest source can change it."""
+    cfg = services().config
+    sources = [
+        s
+        for s in cfg.enabled_sources
+        if kind == "all"
+        or (kind == "tag" and name in s.tags)
+        or (kind == "category" and s.category_name == name)
+    ]
+    shortest = min((cfg.interval(s) for s in sources), default=MAX_AGE_CAP)
+    return int(min(shortest, MAX_AGE_CAP))
 
 
 def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
     feed_format = _format(fmt)
     if kind != "all":
         _known(kind, name)
-    entries = services().store.entries(kind, name, limit=_limit())
-    body = render(feed_format, _info(kind, name), entries)
-    response = Response(body, mimetype=MEDIA_TYPES[feed_format].split(";")[0])
-    response.content_type = MEDIA_TYPES[feed_format]
-    # The ETag is a hash of the bytes: identical data gives the identical tag on every worker.
-    response.set_etag(hashlib.sha256(body).hexdigest()[:32])
-    response.last_modified = last_modified(entries)
+    page, limit = _page(), _limit()
+    store = services().store
+    variant = f"{feed_format}:{page}:{limit}:{services().fingerprint}"
+    cached = store.cached_render(kind, name, variant)
+    if cached.body is None:
+        # One entry more than asked tells whether an older page exists (RFC 5005 "next").
+        found = store.entries(kind, name, limit=limit + 1, offset=(page - 1) * limit)
+        if page > 1 and not found:
+            abort(404, f"page {page} is past the end of this feed")
+        entries = found[:limit]
+        body = render(feed_format, _info(kind, name, page, len(found) > limit, limit), entries)
+        modified = last_modified(entries)
+        cached = Rendered(
+            cached.version,
+            body.decode("utf-8"),
+            # The ETag is a hash of the bytes: identical data gives it on every worker.
+            hashlib.sha256(body).hexdigest()[:32],
+            http_date(modified) if modified else "",
+        )
+        store.cache_render(kind, name, variant, cached)
+        FEED_RENDERS.labels(feed_format).inc()
+    response = Response(cached.body, content_type=MEDIA_TYPES[feed_format])
+    response.set_etag(cached.etag)
+    if cached.last_modified:
+        response.headers["Last-Modified"] = cached.last_modified
     response.cache_control.public = True
-    response.cache_control.max_age = FEED_MAX_AGE
+    response.cache_control.max_age = _max_age(kind, name)
     response.make_conditional(request)
     FEED_REQUESTS.labels(feed_format, str(response.status_code)).inc()
     return response

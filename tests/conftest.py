@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -117,6 +118,13 @@ class Request:
     status: int
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients closing kept-alive connections is normal here; anything else is printed."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FeedServer:
     """Serves files under `root` (a copy of tests/data/feeds) with ETag and Last-Modified,
     answering conditional requests with 304, plus scripted `routes`."""
@@ -137,7 +145,7 @@ class FeedServer:
             def do_GET(self) -> None:
                 server.handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(
@@ -231,6 +239,7 @@ class ConfigWriter:
             "min_interval": "1s",
             "timeout": "5s",
             "retention": {"max_age": "10000d"},
+            "per_host": {"concurrency": 8, "per_minute": 6000},
             **extra.pop("settings", {}),
         }
         document = {"settings": settings, "sources": sources, **extra}

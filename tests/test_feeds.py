@@ -1,0 +1,212 @@
+"""Published feeds: valid for their format, paged (RFC 5005), cached per index version."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote
+
+import jsonschema
+import pytest
+from flask.testing import FlaskClient
+from lxml import etree
+
+from aggregator import keys
+from aggregator.config import Config
+from aggregator.models import Author, Enclosure, Entry
+from aggregator.store import Store
+from aggregator.web import create_app
+from tests.conftest import SCHEMAS, ConfigWriter
+
+ATOM = "{http://www.w3.org/2005/Atom}"
+CST = timezone(timedelta(hours=8))
+RNG = etree.RelaxNG(etree.parse(str(SCHEMAS / "atom.rng")))
+JSON_SCHEMA = json.loads((SCHEMAS / "jsonfeed-1.1.schema.json").read_text())
+
+
+def entry(n: int, **changes: object) -> Entry:
+    values: dict[str, object] = {
+        "id": f"{n:016x}",
+        "source": "pod",
+        "category": "audio",
+        "tags": ("播客",),
+        "title": f"第{n}集",
+        "link": f"https://pod.example.cn/{n}",
+        "content": f"<p>节目 {n}</p>",
+        "summary": "",
+        "first_seen": datetime(2024, 1, 1, tzinfo=UTC),
+        "published": datetime(2024, 3, 1, 8, 0, tzinfo=CST) + timedelta(hours=n),
+        "enclosures": (
+            Enclosure(f"https://pod.example.cn/{n}.mp3", "audio/mpeg", 1000 + n),
+            Enclosure(f"https://pod.example.cn/{n}.ogg", "audio/ogg", 0),
+        ),
+        "source_title": "播客源",
+        "source_link": "https://pod.example.cn/",
+    }
+    values.update(changes)
+    return Entry(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def config(write_config: ConfigWriter) -> Config:
+    return write_config.write(
+        [
+            {
+                "name": "pod",
+                "url": "https://pod.example.cn/rss",
+                "category": "audio",
+                "tags": ["播客"],
+                "interval": "10m",
+            },
+            {
+                "name": "slow",
+                "url": "https://slow.example/rss",
+                "category": "audio",
+                "interval": "6h",
+            },
+            {
+                "name": "daily",
+                "url": "https://daily.example/rss",
+                "category": "daily",
+                "interval": "1d",
+            },
+        ],
+        settings={"public_url": "https://agg.example/", "websub_hub": "https://hub.example/"},
+    )
+
+
+@pytest.fixture
+def client(config: Config, store: Store) -> FlaskClient:
+    return create_app(config, store).test_client()
+
+
+def atom_links(element: etree._Element) -> dict[str, list[etree._Element]]:
+    out: dict[str, list[etree._Element]] = {}
+    for link in element.findall(f"{ATOM}link"):
+        out.setdefault(link.get("rel", "alternate"), []).append(link)
+    return out
+
+
+def test_atom_is_valid_with_enclosures_source_and_hub(client: FlaskClient, store: Store) -> None:
+    store.save_poll("pod", [entry(1, authors=(Author("主播"),)), entry(2)], {}, None)
+    body = client.get("/categories/audio.atom").data
+    feed = etree.fromstring(body)
+    assert RNG.validate(feed), RNG.error_log
+    links = atom_links(feed)
+    assert links["self"][0].get("href") == "https://agg.example/categories/audio.atom"
+    assert links["hub"][0].get("href") == "https://hub.example/"
+    assert feed.find(f"{ATOM}author/{ATOM}name") is not None  # RFC 4287 §4.1.1
+    ids = [e.findtext(f"{ATOM}id") for e in feed.iterfind(f"{ATOM}entry")]
+    assert len(ids) == len(set(ids)) == 2
+    first = feed.find(f"{ATOM}entry")
+    assert first is not None
+    entry_links = atom_links(first)
+    assert [a.get("href") for a in entry_links["alternate"]] == ["https://pod.example.cn/2"]
+    enclosures = [(a.get("href"), a.get("type"), a.get("length")) for a in entry_links["enclosure"]]
+    assert enclosures == [
+        ("https://pod.example.cn/2.mp3", "audio/mpeg", "1002"),
+        ("https://pod.example.cn/2.ogg", "audio/ogg", None),
+    ]
+    assert first.findtext(f"{ATOM}source/{ATOM}title") == "播客源"
+    assert first.findtext(f"{ATOM}published") == "2024-03-01T10:00:00+08:00"
+
+
+def test_rss_has_every_required_element(client: FlaskClient, store: Store) -> None:
+    store.save_poll("pod", [entry(1), entry(2, title="", content="<p>无题</p>")], {}, None)
+    rss = etree.fromstring(client.get("/tags/" + quote("播客") + ".rss").data)
+    assert rss.get("version") == "2.0"
+    channel = rss.find("channel")
+    assert channel is not None
+    for required in ("title", "link", "description"):
+        assert (channel.findtext(required) or "").strip(), required
+    assert [a.get("rel") for a in channel.findall(f"{ATOM}link")] == ["self", "first", "hub"]
+    items = channel.findall("item")
+    assert len(items) == 2
+    for item in items:
+        assert item.findtext("title") or item.findtext("description")
+        date = parsedate_to_datetime(item.findtext("pubDate") or "")
+        assert date.utcoffset() == timedelta(hours=8)
+        guid = item.find("guid")
+        assert guid is not None and guid.get("isPermaLink") == "true"
+        assert (guid.text or "").startswith("https://agg.example/entries/")
+        enclosure = item.find("enclosure")
+        assert enclosure is not None and enclosure.get("type") == "audio/mpeg"
+        assert item.find("source") is not None and item.find("source").get("url")
+    assert items[0].findtext("pubDate") == "Fri, 01 Mar 2024 10:00:00 +0800"
+
+
+def test_json_feed_is_valid_with_attachments_and_hubs(client: FlaskClient, store: Store) -> None:
+    store.save_poll("pod", [entry(1)], {}, None)
+    feed = client.get("/all.json").get_json()
+    jsonschema.validate(feed, JSON_SCHEMA)
+    assert feed["hubs"] == [{"type": "WebSub", "url": "https://hub.example/"}]
+    item = feed["items"][0]
+    assert item["attachments"][0] == {
+        "url": "https://pod.example.cn/1.mp3",
+        "mime_type": "audio/mpeg",
+        "size_in_bytes": 1001,
+    }
+    assert item["_source"]["title"] == "播客源"
+
+
+def test_rfc5005_paging_walks_back_through_everything(client: FlaskClient, store: Store) -> None:
+    store.save_poll("pod", [entry(n) for n in range(7)], {}, None)
+    seen: list[str] = []
+    url: str | None = "/categories/audio.atom?limit=3"
+    pages = 0
+    while url:
+        feed = etree.fromstring(client.get(url.removeprefix("https://agg.example")).data)
+        assert RNG.validate(feed), RNG.error_log
+        links = atom_links(feed)
+        assert links["first"][0].get("href") == "https://agg.example/categories/audio.atom?limit=3"
+        assert ("previous" in links) == (pages > 0)
+        seen += [e.findtext(f"{ATOM}title") or "" for e in feed.iterfind(f"{ATOM}entry")]
+        url = links["next"][0].get("href") if "next" in links else None
+        pages += 1
+    assert pages == 3
+    assert seen == [f"第{n}集" for n in range(6, -1, -1)]
+    assert client.get("/categories/audio.atom?limit=3&page=9").status_code == 404
+    assert client.get("/categories/audio.atom?page=0").status_code == 400
+    json_page = client.get("/categories/audio.json?limit=3&page=2").get_json()
+    assert json_page["next_url"] == "https://agg.example/categories/audio.json?page=3&limit=3"
+
+
+def test_rendering_is_cached_per_index_version(client: FlaskClient, store: Store) -> None:
+    store.save_poll("pod", [entry(1)], {}, None)
+    first = client.get("/tags/" + quote("播客") + ".json")
+    # Tamper with the cached copy: a second request must be served from the cache.
+    (key,) = store.client.keys(keys.PREFIX + "rendered:tag:*")
+    store.client.hset(key, "body", first.data.decode().replace("第1集", "CACHED"))
+    assert "CACHED" in client.get("/tags/" + quote("播客") + ".json").get_data(as_text=True)
+    # New data bumps the tag's version: the next request renders afresh.
+    store.save_poll("pod", [entry(1), entry(2)], {}, None)
+    fresh = client.get("/tags/" + quote("播客") + ".json").get_json()
+    assert [i["title"] for i in fresh["items"]] == ["第2集", "第1集"]
+    # Retention is a change too.
+    store.enforce_retention("audio", 1, 10**9, datetime(2024, 6, 1, tzinfo=UTC))
+    after = client.get("/tags/" + quote("播客") + ".json").get_json()
+    assert [i["title"] for i in after["items"]] == ["第2集"]
+
+
+def test_cache_control_follows_the_fastest_source(client: FlaskClient, store: Store) -> None:
+    assert client.get("/categories/audio.rss").cache_control.max_age == 600
+    assert client.get("/categories/daily.rss").cache_control.max_age == 3600  # capped
+    assert client.get("/all.rss").cache_control.max_age == 600
+    response = client.get("/all.rss")
+    assert response.cache_control.public
+
+
+def test_same_data_same_etag_across_apps_and_304(config: Config, store: Store) -> None:
+    store.save_poll("pod", [entry(1)], {}, None)
+    one = create_app(config, store).test_client().get("/all.atom")
+    store.client.delete(*store.client.keys(keys.PREFIX + "rendered:*"))
+    two = create_app(config, store).test_client().get("/all.atom")
+    assert one.headers["ETag"] == two.headers["ETag"] and one.data == two.data
+    again = (
+        create_app(config, store)
+        .test_client()
+        .get("/all.atom", headers={"If-None-Match": one.headers["ETag"]})
+    )
+    assert again.status_code == 304
+    assert one.headers["Last-Modified"] == "Fri, 01 Mar 2024 01:00:00 GMT"
