@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import NoReturn
+from pathlib import Path
+from typing import BinaryIO, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aggregator import __version__
+from aggregator import __version__, export, keys, opml
 from aggregator import config as config_module
 from aggregator.config import Config
-from aggregator.errors import AggregatorError, ConfigError
+from aggregator.errors import AggregatorError, ConfigError, StorageError
 from aggregator.fetch import Fetcher
 from aggregator.scheduler import Worker, parse_pool
 from aggregator.services import open_store
@@ -241,3 +245,148 @@ def run(host: str, port: int) -> None:
             Worker(config_module.from_environ, store, config=config).run()
         finally:
             server.close()  # type: ignore[attr-defined]
+
+
+@main.group("export")
+def export_group() -> None:
+    """Write the stored entries out for other tools."""
+
+
+@export_group.command("jekyll")
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The Jekyll site: posts go to DIR/_posts.",
+    metavar="DIR",
+)
+@click.option("--tag", default=None, help="Only this tag's entries.")
+@click.option("--category", default=None, help="Only this category's entries.")
+def export_jekyll(out: Path, tag: str | None, category: str | None) -> None:
+    """Write posts in the seed's format: DIR/_posts/YYYY-MM-DD-<id>.html.
+
+    Unchanged posts are not rewritten; a post whose entry changed is.
+    """
+    if tag is not None and category is not None:
+        raise click.UsageError("give --tag or --category, not both")
+    config = _config()
+    kind: keys.Kind = "tag" if tag is not None else "category" if category is not None else "all"
+    name = tag if tag is not None else category or ""
+    with _store(config) as store:
+        known = config.tag_names() if kind == "tag" else config.category_names()
+        if kind != "all" and name not in known and store.count(kind, name) == 0:
+            _fail(escape(f"no {kind} named {name!r}"))
+        try:
+            result = export.export_jekyll(store, config, out, kind, name)
+        except StorageError as err:
+            _fail(escape(str(err)))
+        except OSError as err:
+            _fail(escape(f"cannot write to {out}: {err}"))
+    renamed = f", {result.renamed} moved to a new date" if result.renamed else ""
+    console.print(
+        f"{result.total} posts in {out / export.POSTS}: {result.new} new, "
+        f"{result.updated} updated, {result.unchanged} unchanged{renamed}",
+        highlight=False,
+        markup=False,
+    )
+
+
+@main.group("opml")
+def opml_group() -> None:
+    """The sources as OPML 2.0, and OPML back to feeds.yaml sources."""
+
+
+@opml_group.command("export")
+def opml_export() -> None:
+    """Print every source as OPML 2.0, in one folder per category."""
+    config = _config()
+    known: dict[str, opml.KnownFeed] = {}
+    try:
+        store, embedded = open_store(config)
+    except AggregatorError as err:
+        errors.print(f"warning: no htmlUrl or feed titles: {err}", highlight=False, markup=False)
+    else:
+        try:
+            known = opml.known_feeds(config, store)
+        except StorageError as err:
+            errors.print(
+                f"warning: no htmlUrl or feed titles: {err}", highlight=False, markup=False
+            )
+        finally:
+            store.close()
+            if embedded is not None:
+                embedded.stop()
+    sys.stdout.buffer.write(opml.render(config, known))
+    sys.stdout.buffer.flush()
+
+
+@opml_group.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--merge",
+    is_flag=True,
+    help="Add the sources to the feeds.yaml in use (AGGREGATOR_CONFIG) instead of printing them.",
+)
+def opml_import(file: BinaryIO, merge: bool) -> None:
+    """Turn an OPML file (FILE, or - for stdin) into feeds.yaml source entries.
+
+    Each outline with an xmlUrl becomes a source, its category the outline's category
+    attribute, else the folder outline around it. The entries are printed as YAML; with
+    --merge they are appended to the sources list of feeds.yaml, the rest of the file kept
+    as it is. A feed already configured (same URL, or the same name) is left out.
+    """
+    try:
+        outlines = opml.parse(file.read())
+    except opml.OpmlError as err:
+        _fail(escape(f"{file.name}: {err}"))
+    if not outlines:
+        _fail(escape(f"{file.name}: no outlines with an xmlUrl"))
+    config = _config() if merge else None
+    conversion = opml.to_sources(outlines, config.sources if config else ())
+    for reason in conversion.refused:
+        errors.print(f"left out {reason}", highlight=False, markup=False)
+    if config is None:
+        if not conversion.sources:
+            _fail(escape(f"{file.name}: no outline could become a source"))
+        try:
+            click.echo(opml.sources_document(conversion.sources), nl=False)
+        except opml.OpmlError as err:
+            _fail(escape(str(err)))
+        return
+    if not conversion.sources:
+        console.print(f"nothing to add to {config.path}", highlight=False, markup=False)
+        return
+    path = config.path.resolve()
+    try:
+        text = path.read_bytes().decode("utf-8")
+        merged = opml.merge(text, config.path, conversion.sources)
+        _replace(path, merged.encode("utf-8"))
+    except (opml.OpmlError, ConfigError) as err:
+        _fail(escape(f"{err}; add these by hand:\n{opml.sources_block(conversion.sources, 2)}"))
+    except (OSError, UnicodeDecodeError) as err:
+        _fail(escape(f"cannot update {config.path}: {err}"))
+    names = ", ".join(s["name"] for s in conversion.sources)
+    console.print(
+        f"added {len(conversion.sources)} sources to {config.path}: {names}\n"
+        "run `aggregator reload` to make running workers poll them",
+        highlight=False,
+        markup=False,
+    )
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write `path` through a temporary file and a rename, keeping its permissions: a crash
+    leaves the old file or the new one, never half of either."""
+    mode = path.stat().st_mode & 0o777
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

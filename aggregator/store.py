@@ -302,6 +302,22 @@ class Store:
         with _storage_errors(f"counting {kind} {name}"):
             return int(self.client.zcard(keys.index(kind, name)))
 
+    def summaries(
+        self, indexes: Sequence[tuple[keys.Kind, str]]
+    ) -> list[tuple[int, datetime | None]]:
+        """(entry count, newest entry's date) of each index, in one round trip."""
+        with _storage_errors("summarizing indexes"):
+            pipe = self.client.pipeline(transaction=False)
+            for kind, name in indexes:
+                pipe.zcard(keys.index(kind, name))
+                pipe.zrevrange(keys.index(kind, name), 0, 0, withscores=True)
+            replies = pipe.execute()
+        out: list[tuple[int, datetime | None]] = []
+        for count, newest in zip(replies[::2], replies[1::2], strict=True):
+            when = datetime.fromtimestamp(float(newest[0][1]), UTC) if newest else None
+            out.append((int(count), when))
+        return out
+
     def source_states(self, names: Sequence[str]) -> list[SourceState]:
         with _storage_errors("reading source states"):
             pipe = self.client.pipeline(transaction=False)

@@ -12,6 +12,7 @@ import atexit
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
 from urllib.parse import quote
 
@@ -20,10 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import http_date
 
-from aggregator import __version__, keys
+from aggregator import __version__, keys, opml
 from aggregator import config as config_module
 from aggregator.config import Config
 from aggregator.errors import StorageError
+from aggregator.export import BACK, HOME_TITLE
 from aggregator.render import FORMATS, MEDIA_TYPES, FeedInfo, Format, last_modified, render
 from aggregator.services import open_store
 from aggregator.store import Rendered, Store
@@ -73,6 +75,7 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
             atexit.register(embedded.stop)
     app.extensions["aggregator"] = Services(config, store, _fingerprint(config))
     app.jinja_env.globals["media"] = {f: MEDIA_TYPES[f].split(";")[0] for f in FORMATS}
+    app.jinja_env.globals["formats"] = FORMATS
     app.register_blueprint(bp)
     app.register_error_handler(StorageError, _storage_unavailable)
     app.register_error_handler(HTTPException, _plain_error)
@@ -223,20 +226,38 @@ def category_feed(name: str, fmt: str) -> Response:
     return _feed("category", name, fmt)
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One tag or category as the index page shows it."""
+
+    name: str
+    title: str
+    description: str
+    count: int
+    newest: datetime | None
+    info: FeedInfo
+
+
+def _listed(kind: keys.Kind, names: list[str]) -> list[Listed]:
+    cfg = services().config
+    summaries = services().store.summaries([(kind, n) for n in names])
+    out = []
+    for name, (count, newest) in zip(names, summaries, strict=True):
+        info = _info(kind, name)
+        meta = (cfg.tags if kind == "tag" else cfg.categories).get(name)
+        description = (meta.description if meta else None) or ""
+        out.append(Listed(name, info.title, description, count, newest, info))
+    return out
+
+
 @bp.get("/")
 def index() -> str:
     cfg, store = services().config, services().store
-    tags = [(t, cfg.tag_title(t), store.count("tag", t), _info("tag", t)) for t in cfg.tag_names()]
-    categories = [
-        (c, cfg.category_title(c), store.count("category", c), _info("category", c))
-        for c in cfg.category_names()
-    ]
     return render_template(
         "index.html",
-        tags=tags,
-        categories=categories,
+        tags=_listed("tag", cfg.tag_names()),
+        categories=_listed("category", cfg.category_names()),
         all_info=_info("all", ""),
-        formats=FORMATS,
         entries=store.entries("all", limit=20),
     )
 
@@ -253,11 +274,14 @@ def category_page(name: str) -> str:
 
 def _listing(kind: keys.Kind, name: str) -> str:
     _known(kind, name)
+    page, limit = _page(), _limit()
+    found = services().store.entries(kind, name, limit=limit + 1, offset=(page - 1) * limit)
+    if page > 1 and not found:
+        abort(404, f"page {page} is past the end of this list")
     return render_template(
         "listing.html",
-        info=_info(kind, name),
-        formats=FORMATS,
-        entries=services().store.entries(kind, name, limit=_limit()),
+        info=_info(kind, name, page, len(found) > limit, limit),
+        entries=found[:limit],
     )
 
 
@@ -271,8 +295,20 @@ def entry_page(entry_id: str) -> str:
         "entry.html",
         entry=entry,
         category_info=_info("category", entry.category),
+        back=BACK,
         category_title=cfg.category_title(entry.category),
+        home_title=HOME_TITLE,
     )
+
+
+@bp.get("/sources.opml")
+def sources_opml() -> Response:
+    cfg, store = services().config, services().store
+    body = opml.render(cfg, opml.known_feeds(cfg, store))
+    response = Response(body, content_type=opml.MEDIA_TYPE)
+    response.set_etag(hashlib.sha256(body).hexdigest()[:32])
+    response.make_conditional(request)
+    return response
 
 
 @bp.get("/healthz")

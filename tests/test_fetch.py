@@ -133,8 +133,11 @@ CHUNKED_HEAD = (
 )
 
 
+StartRaw = Callable[[bytes, Callable[[], Iterator[bytes]]], RawServer]
+
+
 @pytest.fixture
-def raw_server() -> Iterator[Callable[[bytes, Callable[[], Iterator[bytes]]], RawServer]]:
+def raw_server() -> Iterator[StartRaw]:
     servers: list[RawServer] = []
 
     def start(head: bytes, body: Callable[[], Iterator[bytes]]) -> RawServer:
@@ -496,3 +499,31 @@ def test_one_fetcher_serves_several_requests(feed_server: FeedServer) -> None:
     assert [r.body for r in results] == [
         (FEEDS / name).read_bytes() for name in ("rss2.xml", "atom.xml", "feed.json")
     ]
+
+
+def drip(piece: bytes, pause: float, count: int) -> Callable[[], Iterator[bytes]]:
+    """A body sent slowly: `count` pieces, `pause` seconds apart."""
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(count):
+            yield piece
+            time.sleep(pause)
+
+    return chunks
+
+
+def test_body_over_the_cap_sent_slowly_stops_at_the_cap(raw_server: StartRaw) -> None:
+    server = raw_server(CLOSE_HEAD, drip(b"<" * 1000, 0.02, 500))
+    started = time.monotonic()
+    err = fetch_error(server.url(), settings(max_bytes=20_000, timeout=30))
+    assert "over max_bytes" in str(err)
+    assert time.monotonic() - started < 5  # at the cap (~0.4 s), not after the whole 10 s
+    assert server.sent < 100_000
+
+
+def test_slow_drip_under_the_cap_hits_the_total_timeout(raw_server: StartRaw) -> None:
+    server = raw_server(CLOSE_HEAD, drip(b"<", 0.1, 100))
+    started = time.monotonic()
+    err = fetch_error(server.url(), settings(timeout=1))
+    assert "timed out" in str(err)
+    assert time.monotonic() - started < 3
