@@ -30,7 +30,9 @@ from aggregator.services import open_store
 from aggregator.store import Store
 from aggregator.update import Outcome, Updater
 
-console = Console(soft_wrap=True)
+# Piped or captured output is not squeezed into 80 columns: tables stay readable in a file.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(soft_wrap=True, width=_WIDTH)
 errors = Console(stderr=True, soft_wrap=True)
 
 
@@ -162,18 +164,25 @@ def status() -> None:
     with _store(config) as store:
         states = store.source_states([s.name for s in config.sources])
     table = Table(title="Sources (times in UTC)")
-    for column in (
-        "source",
-        "enabled",
-        "last poll",
-        "status",
-        "entries",
-        "stored",
-        "next due",
-        "last error",
-    ):
-        table.add_column(column)
+    for column in ("source", "enabled", "last poll", "status", "entries", "stored", "next due"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("notes")
     for source, state in zip(config.sources, states, strict=True):
+        notes = []
+        if state.fetch_url(source.url) != source.url:
+            notes.append(f"moved permanently: {source.url} → {state.moved_to}")
+        if state.failures:
+            notes.append(f"{state.failures} failure(s) in a row: {state.last_error}")
+        elif state.gone:
+            notes.append(state.last_error)
+        if state.id_mode != "guid":
+            notes.append("entries identified by link: its guids are unusable")
+        if not source.enabled:
+            due = "-"
+        elif state.gone:
+            due = "never (gone)"
+        else:
+            due = _when(state.next_due)
         table.add_row(
             source.name,
             "yes" if source.enabled else "no",
@@ -181,8 +190,8 @@ def status() -> None:
             str(state.status or "-"),
             str(state.entries),
             str(state.stored),
-            _when(state.next_due) if source.enabled else "-",
-            state.last_error or "",
+            due,
+            "\n".join(notes),
         )
     console.print(table)
 

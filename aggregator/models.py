@@ -96,6 +96,7 @@ class ParsedFeed:
     link: str = ""
     format: str = ""
     entries: tuple[ParsedEntry, ...] = ()
+    ttl: float | None = None  # RSS 2.0 <ttl>: minutes the channel may be cached, in seconds
 
 
 # --- the normalized entry ------------------------------------------------------------------

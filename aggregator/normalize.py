@@ -19,6 +19,7 @@ import regex
 
 from aggregator import identity
 from aggregator.config import Source
+from aggregator.dates import clamp_future
 from aggregator.identity import GUID
 from aggregator.models import Author, Enclosure, Entry, ParsedEntry, ParsedFeed
 from aggregator.text import xml_text
@@ -53,6 +54,20 @@ def plain_text(fragment: str) -> str:
         return ""
     stripped = nh3.clean(fragment, tags=set(), attributes={})
     return _SPACE.sub(" ", xml_text(html.unescape(stripped))).strip()
+
+
+def _not_future(value: datetime | None, fetched_at: datetime) -> datetime | None:
+    """A date far past the fetch time is clamped to it (see `dates.clamp_future`)."""
+    return clamp_future(value, fetched_at)[0] if value is not None else None
+
+
+def future_dated(feed: ParsedFeed, fetched_at: datetime) -> int:
+    """How many entries of `feed` carry a date `normalize` will clamp."""
+    return sum(
+        1
+        for e in feed.entries
+        if any(d is not None and clamp_future(d, fetched_at)[1] for d in (e.published, e.updated))
+    )
 
 
 def entry_id(source: str, entry: ParsedEntry, mode: str = GUID) -> str:
@@ -141,8 +156,8 @@ def normalize(
                     Author(xml_text(a.name), xml_text(a.email), xml_text(a.uri))
                     for a in parsed.authors
                 ),
-                published=parsed.published,
-                updated=parsed.updated,
+                published=_not_future(parsed.published, fetched_at),
+                updated=_not_future(parsed.updated, fetched_at),
                 enclosures=tuple(
                     Enclosure(xml_text(urljoin(base, e.url)), xml_text(e.type), e.length)
                     for e in parsed.enclosures

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor
 from datetime import timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher
@@ -34,12 +34,9 @@ MAX_IN_FLIGHT = 64
 
 
 def parse_pool() -> Executor:
-    """Processes for parsing: feedparser is pure Python, so threads would share one core.
-    forkserver, because forking a process that runs threads (APScheduler, the web server)
-    can copy a held lock into the child."""
-    return ProcessPoolExecutor(
-        max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("forkserver")
-    )
+    """Processes for parsing (feedparser is pure Python: threads would share one core), each
+    parse bounded in time and memory, a dead worker replaced (aggregator/bounded.py)."""
+    return ParsePool(max_workers=os.cpu_count() or 1)
 
 
 class Worker:

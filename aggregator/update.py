@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -22,13 +23,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aggregator import identity, schedule
+from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
-from aggregator.errors import SourceError
+from aggregator.errors import ParseError, SourceError
 from aggregator.fetch import Fetcher
 from aggregator.models import Entry, FetchResult, NotModified
-from aggregator.normalize import normalize
+from aggregator.normalize import future_dated, normalize
 from aggregator.parse import parse
 from aggregator.store import Store
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 GONE = datetime(9999, 1, 1, tzinfo=UTC)  # the due time of a source that answered 410
@@ -66,6 +70,7 @@ class Processed:
     guid_problem: str | None
     guids: dict[str, str]  # link → guid, remembered for the next poll
     ttl: float | None = None  # RSS <ttl>, in seconds
+    future_dated: int = 0  # entries dated far ahead of the fetch, clamped to it
 
 
 def process(
@@ -93,7 +98,7 @@ def process(
         id_mode=id_mode,
     )
     guids = {link.strip(): guid.strip() for guid, link in pairs if guid.strip() and link.strip()}
-    return Processed(entries, id_mode, problem, guids)
+    return Processed(entries, id_mode, problem, guids, feed.ttl, future_dated(feed, fetched_at))
 
 
 class Updater:
@@ -129,14 +134,16 @@ class Updater:
         try:
             async with self._host_slot(url):
                 fetched = await self.fetcher.fetch(url, previous.validators)
-            state.update(
-                etag=fetched.validators.etag,
-                last_modified=fetched.validators.last_modified,
-                last_error="",
-                failures=0,
-                gone=0,
-                last_success=now.timestamp(),
-            )
+            # The server's new validators are kept only once this answer has been read whole:
+            # after a parse failure the next poll must fetch the document again, not get a 304.
+            succeeded: dict[str, str | int | float] = {
+                "etag": fetched.validators.etag,
+                "last_modified": fetched.validators.last_modified,
+                "last_error": "",
+                "failures": 0,
+                "gone": 0,
+                "last_success": now.timestamp(),
+            }
             if fetched.moved_to:
                 state.update(url=fetched.moved_to, moved_to=fetched.moved_to, moved_from=source.url)
             elif url != previous.moved_to:
@@ -149,6 +156,7 @@ class Updater:
             if unchanged:
                 # RFC 9110 §15.4.5: a 304 costs no parse and no write but the state's; a body
                 # equal to the last one from a server without validators is treated alike.
+                state.update(succeeded)
                 state["status"] = 304 if isinstance(fetched, NotModified) else fetched.status
                 due = schedule.next_due(now, schedule.polite_interval(interval, fetched.max_age))
                 await asyncio.to_thread(store.save_state, source.name, state, due)
@@ -160,6 +168,7 @@ class Updater:
         except SourceError as err:
             return await self._failed(source, err, previous.failures + 1, now, state, outcome)
         entries = processed.entries
+        state.update(succeeded)
         state.update(
             status=fetched.status,
             entries=len(entries),
@@ -169,6 +178,7 @@ class Updater:
         )
         if processed.guid_problem:
             state["id_note"] = f"ids from links: {processed.guid_problem}"
+        state["future_dated"] = processed.future_dated
         due = schedule.next_due(
             now, schedule.polite_interval(interval, fetched.max_age, processed.ttl)
         )
@@ -255,10 +265,22 @@ class Updater:
             id_mode,
             previous_guids,
         )
-        if self.executor is None:
-            return process(*args)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, process, *args)
+        try:
+            if self.executor is None:
+                return process(*args)
+            if isinstance(self.executor, ParsePool):
+                # A parse past its time or memory bound, or one that killed its worker, comes
+                # back as ParseError(final_url, reason): recorded like any parse failure.
+                return await self.executor.run(fetched.final_url, process, *args)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, process, *args)
+        except SourceError:
+            raise
+        except Exception as err:
+            # A bug of ours met by this document: recorded on this source like any parse
+            # failure (so one odd feed never stops the rest), and logged with its traceback.
+            log.exception("parsing %s failed unexpectedly", fetched.final_url)
+            raise ParseError(fetched.final_url, f"internal error: {type(err).__name__}") from err
 
     async def poll_many(
         self,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from aggregator.dates import parse_date
+from aggregator.dates import CHINA_TZ, clamp_future, parse_date
 
 
 def tz(hours: int, minutes: int = 0) -> timezone:
@@ -208,3 +208,124 @@ def test_raw_string_wins_over_fallback() -> None:
 def test_fallback_out_of_range_is_none() -> None:
     huge = time.struct_time((99999, 1, 1, 0, 0, 0, 0, 1, 0))
     assert parse_date("garbage", huge) is None
+
+
+# --- Chinese sources ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "iso"),
+    [
+        # CST on these feeds is China Standard Time, not US Central (RFC 822 §5.1's -06:00)
+        ("Tue, 05 Apr 2022 05:50:27 CST", "2022-04-05T05:50:27+08:00"),
+        ("05 Apr 2022 05:50 CST", "2022-04-05T05:50:00+08:00"),
+        ("2024-01-01 08:30:00 CST", "2024-01-01T08:30:00+08:00"),
+        ("2024年01月01日 08:30 CST", "2024-01-01T08:30:00+08:00"),
+    ],
+)
+def test_cst_is_china(raw: str, iso: str) -> None:
+    value = parse_date(raw)
+    assert value is not None
+    assert value.isoformat() == iso
+
+
+@pytest.mark.parametrize(
+    ("raw", "iso"),
+    [
+        ("2024年01月01日", "2024-01-01T00:00:00+08:00"),
+        ("2024年1月1日", "2024-01-01T00:00:00+08:00"),
+        ("2024 年 1 月 1 日", "2024-01-01T00:00:00+08:00"),
+        ("2024年12月31日 08:30", "2024-12-31T08:30:00+08:00"),
+        ("2024年01月01日 08:30:00", "2024-01-01T08:30:00+08:00"),
+        ("2024年01月01日08:30", "2024-01-01T08:30:00+08:00"),
+        ("2024年01月01日 08：30：05", "2024-01-01T08:30:05+08:00"),  # full-width colons
+        ("2024/01/01", "2024-01-01T00:00:00+08:00"),
+        ("2024/1/1 8:30:00", "2024-01-01T08:30:00+08:00"),
+        ("2024/1/1 8:30", "2024-01-01T08:30:00+08:00"),
+        ("2024-1-1 8:30", "2024-01-01T08:30:00+08:00"),
+        ("2024.1.1 23:59:59", "2024-01-01T23:59:59+08:00"),
+        ("2024-01-01 08:30:00", "2024-01-01T08:30:00+08:00"),
+        ("2024-01-01", "2024-01-01T00:00:00+08:00"),
+        ("Tue, 05 Apr 2022 05:50:27", "2022-04-05T05:50:27+08:00"),
+        # a zone written is a zone kept
+        ("2024/1/1 8:30:00 +0900", "2024-01-01T08:30:00+09:00"),
+        ("2024年01月01日 08:30 +08:00", "2024-01-01T08:30:00+08:00"),
+        ("2024/01/01 08:30:00Z", "2024-01-01T08:30:00+00:00"),
+        ("2024/01/01 08:30:00 GMT", "2024-01-01T08:30:00+00:00"),
+        ("2024-01-01T08:30:00Z", "2024-01-01T08:30:00+00:00"),
+        ("Fri, 01 Mar 2024 10:00:00 -0000", "2024-03-01T10:00:00+00:00"),  # RFC 2822 §3.3
+    ],
+)
+def test_chinese_and_slash_forms_in_the_default_zone(raw: str, iso: str) -> None:
+    value = parse_date(raw, default_tz=CHINA_TZ)
+    assert value is not None
+    assert value.isoformat() == iso
+
+
+@pytest.mark.parametrize(
+    "raw", ["2024年01月01日 08:30", "2024/1/1 8:30:00", "2024-01-01 08:30:00", "2024-01-01"]
+)
+def test_no_zone_defaults_to_utc(raw: str) -> None:
+    value = parse_date(raw)
+    assert value is not None
+    assert value.utcoffset() == timedelta(0)
+
+
+FEEDPARSER_CURRENT_MONTH = time.struct_time((2031, 11, 1, 0, 0, 0, 5, 305, 0))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2024年01月01日",
+        "2024/1/1 8:30:00",
+        "2024年01月01日 08:30",
+    ],
+)
+def test_raw_string_wins_over_feedparser_s_current_month(raw: str) -> None:
+    """feedparser 6.0.14 reads these as the first of the current month."""
+    value = parse_date(raw, FEEDPARSER_CURRENT_MONTH, default_tz=CHINA_TZ)
+    assert value is not None
+    assert (value.year, value.month, value.day) == (2024, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["2024年13月01日", "2024年02月30日", "2024/02/30", "2024/1/1 25:00", "2024/1/1 8:30 +2500"],
+)
+def test_invalid_chinese_or_slash_date_is_none_never_feedparser_s_guess(raw: str) -> None:
+    assert parse_date(raw, FEEDPARSER_CURRENT_MONTH) is None
+
+
+@pytest.mark.parametrize("raw", ["2024/01-01", "2024年01月", "01/02/2024", "2024/01/01 08"])
+def test_not_quite_dates(raw: str) -> None:
+    assert parse_date(raw) is None
+
+
+# --- dates in the future ---------------------------------------------------------------------
+
+FETCHED = datetime(2024, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def test_clamp_future_keeps_dates_within_tolerance() -> None:
+    for value in (
+        datetime(2023, 6, 1, tzinfo=CHINA_TZ),
+        FETCHED,
+        FETCHED + timedelta(hours=23),
+        datetime(2024, 1, 2, 20, 0, tzinfo=CHINA_TZ),  # = 12:00 UTC on the 2nd: exactly a day
+    ):
+        assert clamp_future(value, FETCHED) == (value, False)
+
+
+def test_clamp_future_clamps_to_fetch_time_in_the_value_s_offset() -> None:
+    value = datetime(2031, 11, 1, 8, 0, tzinfo=CHINA_TZ)  # a misparse into the future
+    clamped, changed = clamp_future(value, FETCHED)
+    assert changed
+    assert clamped == FETCHED
+    assert clamped.isoformat() == "2024-01-01T20:00:00+08:00"
+
+
+def test_clamp_future_tolerance() -> None:
+    value = FETCHED + timedelta(hours=2)
+    assert clamp_future(value, FETCHED, tolerance=timedelta(hours=1)) == (FETCHED, True)
+    assert clamp_future(value, FETCHED, tolerance=timedelta(hours=3)) == (value, False)

@@ -3,15 +3,20 @@ URL. Values checked against tests/data/feeds/MANIFEST.md."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from aggregator.bounded import ParsePool
+from aggregator.dates import CHINA_TZ
 from aggregator.errors import ParseError
 from aggregator.models import Author, Enclosure, ParsedFeed
-from aggregator.parse import parse
+from aggregator.parse import default_zone, harden_prolog, parse
 from tests.conftest import FEEDS
 
 BASE = "https://feeds.example.org/"
@@ -332,3 +337,286 @@ def test_not_a_feed(body: bytes, content_type: str, reason: str) -> None:
     assert url in str(err)
     assert reason in str(err)
     assert str(err).startswith(f"parse {url}: ")
+
+
+# --- encodings Chinese sources get wrong (the "Polling" issue) --------------------------------
+# Fixture bytes are built here; aggregator/charset.py decides, feedparser gets UTF-8.
+
+ZH_TITLES = [
+    "朱镕基会见外宾",
+    "王堃获得国家科技奖",
+    "一季度城镇新增就业稳步增长",
+]  # 镕 堃: not GB2312
+TW_TITLES = ["臺灣經濟穩定成長", "碁盤與圍棋文化", "外貿出口保持韌性"]  # 碁: cp950's ETEN extension
+
+
+def chinese_rss(
+    titles: list[str],
+    declared: str | None,
+    *,
+    channel: str = "财经频道",
+    language: str | None = "zh-cn",
+    dates: list[str] | None = None,
+) -> str:
+    encoding = f' encoding="{declared}"' if declared else ""
+    lang = f"<language>{language}</language>" if language else ""
+    items = "".join(
+        f"<item><title>{title}</title><link>https://finews.example.cn/{i}</link>"
+        f"<pubDate>{(dates or [])[i] if i < len(dates or []) else '2024年01月02日 08:30'}</pubDate>"
+        f"<description>&lt;p&gt;{title}。&lt;/p&gt;</description></item>"
+        for i, title in enumerate(titles)
+    )
+    return (
+        f'<?xml version="1.0"{encoding}?>\n<rss version="2.0"><channel><title>{channel}</title>'
+        f"<link>https://finews.example.cn/</link>{lang}{items}</channel></rss>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (chinese_rss(ZH_TITLES, "gb2312").encode("gbk"), "application/rss+xml"),
+        (chinese_rss(ZH_TITLES, "utf-8").encode("gbk"), "application/rss+xml"),
+        (chinese_rss(ZH_TITLES, None).encode("gbk"), ""),
+        (chinese_rss(ZH_TITLES, None, language=None).encode("gbk"), "application/xml"),
+        (chinese_rss(ZH_TITLES, "gbk").encode("gbk"), "text/xml; charset=utf-8"),
+        (chinese_rss(ZH_TITLES, "utf-8").encode("utf-8"), "text/xml; charset=gbk"),
+        (chinese_rss(ZH_TITLES, "gbk").encode("utf-8"), "text/xml; charset=gbk"),
+        (chinese_rss(ZH_TITLES, "gbk").encode("gbk"), "text/xml; charset=iso-8859-1"),
+    ],
+    ids=[
+        "gbk-declared-gb2312",
+        "gbk-declared-utf8",
+        "gbk-undeclared",
+        "gbk-undeclared-no-language",
+        "http-utf8-declared-gbk",
+        "http-gbk-bytes-utf8",
+        "http-gbk-declared-gbk-bytes-utf8",
+        "http-latin1-declared-gbk",
+    ],
+)
+def test_chinese_titles_exactly_right(body: bytes, content_type: str) -> None:
+    feed = parse(body, url=BASE + "zh.xml", content_type=content_type)
+    assert feed.format == "rss20"
+    assert feed.title == "财经频道"
+    assert [e.title for e in feed.entries] == ZH_TITLES
+    assert [e.summary for e in feed.entries] == [f"<p>{t}。</p>" for t in ZH_TITLES]
+    # A Chinese feed's dates with no zone are China's, also when only the bytes say Chinese.
+    assert {e.published for e in feed.entries} == {datetime(2024, 1, 2, 8, 30, tzinfo=CHINA_TZ)}
+
+
+@pytest.mark.parametrize("content_type", ["text/xml", "text/xml; charset=big5", ""])
+def test_big5_titles_exactly_right(content_type: str) -> None:
+    body = chinese_rss(TW_TITLES, "big5", channel="財經頻道", language="zh-tw").encode("cp950")
+    feed = parse(body, url=BASE + "tw.xml", content_type=content_type)
+    assert feed.title == "財經頻道"
+    assert [e.title for e in feed.entries] == TW_TITLES
+
+
+def test_gbk_fixture_still_strictly_parsed_with_every_header() -> None:
+    for content_type in ("text/xml", "text/xml; charset=utf-8", "text/html", ""):
+        assert [e.title for e in fixture("gbk.xml", content_type).entries] == GBK_TITLES
+
+
+def test_gb2312_labelled_fixture() -> None:
+    """tests/data/feeds/MANIFEST.md, gb2312-labelled.xml: GBK bytes labelled gb2312, dates in
+    the forms Chinese sources write, which feedparser alone gets wrong."""
+    feed = fixture("gb2312-labelled.xml")
+    assert feed.title == "科技人物周刊"
+    assert [e.title for e in feed.entries] == [
+        "朱镕基图书馆新馆开放",
+        "王堃团队发布新型电池材料",
+        "春季科普活动周启动",
+    ]
+    assert [e.published.isoformat() if e.published else None for e in feed.entries] == [
+        "2024-03-05T08:30:00+08:00",
+        "2024-03-04T21:15:00+08:00",
+        "2024-03-04T09:00:00+08:00",
+    ]
+    assert feed.entries[1].summary == "<p>新材料在低温下仍能保持较高容量。</p>"
+
+
+# --- dates as Chinese sources write them --------------------------------------------------------
+
+
+def test_chinese_dates_from_the_raw_strings() -> None:
+    """feedparser puts 2024年01月01日 and 2024/1/1 in the current month and reads CST as US
+    Central; the raw strings are read instead."""
+    dates = [
+        "2024年01月01日",
+        "2024/1/1 8:30:00",
+        "Tue, 05 Apr 2022 05:50:27 CST",
+        "2024-01-01 08:30:00",
+        "2024-01-01T08:30:00+09:00",
+    ]
+    body = chinese_rss(["一", "二", "三", "四", "五"], "utf-8", dates=dates).encode()
+    published = [e.published for e in parse(body, url=BASE + "d.xml").entries]
+    assert [p.isoformat() if p else None for p in published] == [
+        "2024-01-01T00:00:00+08:00",
+        "2024-01-01T08:30:00+08:00",
+        "2022-04-05T05:50:27+08:00",
+        "2024-01-01T08:30:00+08:00",
+        "2024-01-01T08:30:00+09:00",  # a zone written is a zone kept
+    ]
+
+
+def test_dates_without_zone_are_utc_in_a_feed_that_is_not_chinese() -> None:
+    body = chinese_rss(["a"], "utf-8", language="en-us", channel="News", dates=["2024/1/1 8:30"])
+    (entry,) = parse(body.replace("a</title>", "a</title>").encode(), url=BASE + "e.xml").entries
+    assert entry.published == datetime(2024, 1, 1, 8, 30, tzinfo=UTC)
+
+
+def test_atom_xml_lang_and_json_feed_language_choose_the_zone() -> None:
+    atom = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom" xml:lang="zh-CN"><title>T</title><id>tag:x</id>
+<updated>2024-01-01T00:00:00Z</updated><entry><id>tag:e</id><title>E</title>
+<updated>2024-01-01 08:30:00</updated></entry></feed>"""
+    (entry,) = parse(atom, url=BASE + "a.xml").entries
+    assert entry.updated == datetime(2024, 1, 1, 8, 30, tzinfo=CHINA_TZ)
+    jf = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "language": "zh-Hans",
+        "items": [{"id": "1", "date_published": "2024-01-01T08:30:00"}],
+    }
+    (item,) = parse(json.dumps(jf).encode(), url=BASE + "j.json").entries
+    assert item.published == datetime(2024, 1, 1, 8, 30, tzinfo=CHINA_TZ)
+
+
+@pytest.mark.parametrize(
+    ("language", "encoding", "zone"),
+    [
+        ("zh-cn", "utf-8", CHINA_TZ),
+        ("zh-TW", "", CHINA_TZ),
+        ("ZH", "", CHINA_TZ),
+        ("en-us", "gb18030", CHINA_TZ),
+        ("", "big5hkscs", CHINA_TZ),
+        ("en", "utf-8", UTC),
+        ("", "", UTC),
+    ],
+)
+def test_default_zone(language: str, encoding: str, zone: timezone) -> None:
+    assert default_zone(language, encoding) == zone
+
+
+# --- DOCTYPEs cannot blow up the parser -------------------------------------------------------
+# feedparser 6.0.14 on a 200 KB feed defining one 50 KB entity referenced 50,000 times ran 46 s
+# and reached 2.4 GB: expat refuses the amplification, the loose parser then expands it. Each
+# case here is parsed in a bounded worker (256 MiB of address space, 2 s) to prove it is cheap.
+
+
+def tail(references: int) -> str:
+    return (
+        '<rss version="2.0"><channel><title>经济日报</title><item><title>条目</title>'
+        "<description>" + "&big;" * references + "</description></item></channel></rss>"
+    )
+
+
+# 5,000 references of 50 KB would still be 250 MB expanded: past the pool's bound.
+TAIL = tail(5_000)
+BIG = "x" * 50_000
+LAUGHS = '<!ENTITY lol0 "lol">' + "".join(
+    f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10)
+)
+ATTACKS = {
+    "50k-references": (
+        f'<?xml version="1.0"?>\n<!DOCTYPE rss [\n<!ENTITY big "{BIG}">\n]>\n{tail(50_000)}'
+    ),
+    "billion-laughs": (
+        f'<?xml version="1.0"?>\n<!DOCTYPE rss [{LAUGHS}]>\n<rss version="2.0"><channel>'
+        "<title>经济日报</title><item><title>条目</title><description>"
+        + "&lol9;" * 100
+        + "</description></item></channel></rss>"
+    ),
+    # feedparser re-inserts an "<!ENTITY" line found anywhere before the root element
+    "in-a-comment": (
+        f'<?xml version="1.0"?>\n<!DOCTYPE rss>\n<!--\n<!ENTITY big "{BIG}">\n-->\n{TAIL}'
+    ),
+    "outside-the-doctype": f'<?xml version="1.0"?>\n<!DOCTYPE rss>\n<!ENTITY big "{BIG}">\n{TAIL}',
+    "in-the-declaration": f'<?xml version="1.0"\n<!ENTITY big "{BIG}" ?>\n<!DOCTYPE rss>\n{TAIL}',
+    "in-a-literal": (
+        f'<?xml version="1.0"?>\n<!DOCTYPE rss SYSTEM \'\n<!ENTITY big "{BIG}">\n\'>\n{TAIL}'
+    ),
+    "in-a-pi": f'<?xml version="1.0"?>\n<?php\n<!ENTITY big "{BIG}">\n?>\n<!DOCTYPE rss>\n{TAIL}',
+    "parameter-entity": (
+        f'<?xml version="1.0"?>\n<!DOCTYPE rss [<!ENTITY % p "<!ENTITY big \'{BIG}\'>"> %p;]>\n'
+        + TAIL
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def small_pool() -> Iterator[ParsePool]:
+    with ParsePool(1, seconds=2, memory_bytes=256 << 20) as pool:
+        pool.submit(parse, b"<rss version='2.0'><channel/></rss>", BASE).result()  # warm
+        yield pool
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_entity_blow_ups_are_cheap(small_pool: ParsePool, name: str) -> None:
+    body = ATTACKS[name].encode("utf-8")
+    started = time.monotonic()
+    feed = asyncio.run(small_pool.run(BASE + "bomb.xml", parse, body, BASE + "bomb.xml"))
+    assert time.monotonic() - started < 2
+    assert feed.title == "经济日报"
+    assert [e.title for e in feed.entries] == ["条目"]
+    # Nothing expanded: a reference is at most kept as text (the loose parser writes "&amp;big").
+    summary = feed.entries[0].summary
+    assert "xxxxxxxxxx" not in summary
+    assert len(summary) <= 2 * len(body)
+
+
+def test_short_entities_survive_the_rebuilt_subset() -> None:
+    body = b"""<?xml version="1.0" encoding="utf-8"?>
+<!DOCTYPE rss [
+  <!-- HTML entities a CMS declared for itself -->
+  <!ENTITY nbsp "&#160;">
+  <!ENTITY mdash '&#x2014;'>
+  <!ENTITY co "Co.">
+  <!ENTITY long "far longer than the reference that names it">
+  <!ENTITY ext SYSTEM "file:///etc/passwd">
+  <!ENTITY nbsp "first declaration wins">
+]>
+<rss version="2.0"><channel><title>A&nbsp;B&mdash;C &co; [&long;] [&ext;]</title>
+<item><title>i</title></item></channel></rss>"""
+    assert parse(body, url=BASE + "ent.xml").title == "A\xa0B\u2014C Co. [] []"
+
+
+def test_rebuilt_prolog() -> None:
+    body = (
+        b"\n<?xml version='1.0' encoding='utf-8'?>\n<?xml-stylesheet href='s.xsl'?>\n"
+        b'<!-- c --><!DOCTYPE rss PUBLIC "-//Netscape Communications//DTD RSS 0.91//EN" '
+        b"'http://my.netscape.com/publish/formats/rss-0.91.dtd' [\n<!ENTITY a ']>'>\n"
+        b"<!ELEMENT rss ANY>\n<!ATTLIST rss version CDATA '0.91'>\n%pe;\n]>\n<rss>]]></rss>"
+    )
+    assert harden_prolog(body) == (
+        b'<?xml version="1.0" encoding="utf-8"?>\n'
+        b'<!DOCTYPE rss PUBLIC "-//Netscape Communications//DTD RSS 0.91//EN" '
+        b"'http://my.netscape.com/publish/formats/rss-0.91.dtd' [\n"
+        b'<!ENTITY a "">\n]>\n<rss>]]></rss>'
+    )
+    assert harden_prolog(b"<rss/>") == b'<?xml version="1.0" encoding="utf-8"?>\n<rss/>'
+
+
+def test_netscape_rss091_still_recognised() -> None:
+    body = b"""<?xml version="1.0"?>
+<!DOCTYPE rss PUBLIC "-//Netscape Communications//DTD RSS 0.91//EN"
+ "http://my.netscape.com/publish/formats/rss-0.91.dtd">
+<rss version="0.91"><channel><title>Caf&eacute;</title><link>https://n.example.org/</link>
+<description>d</description><language>en</language>
+<item><title>i</title><link>https://n.example.org/1</link></item></channel></rss>"""
+    feed = parse(body, url=BASE + "n.xml")
+    assert (feed.format, feed.title) == ("rss091n", "Café")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY big "x"><rss version="2.0"></rss>',
+        b'<?xml version="1.0"?><!DOCTYPE rss [<!-- <rss version="2.0"><channel/></rss>',
+        b'<?xml version="1.0"?><!DOCTYPE rss SYSTEM "<rss version=\'2.0\'><channel/></rss>',
+    ],
+    ids=["unclosed-subset", "unclosed-comment", "unclosed-literal"],
+)
+def test_unclosed_doctype_swallows_the_document(body: bytes) -> None:
+    with pytest.raises(ParseError, match="not an RSS, Atom or JSON feed"):
+        parse(body, url=BASE + "broken.xml")

@@ -235,3 +235,35 @@ def test_per_host_rate_is_a_sliding_minute(store: Store) -> None:
     assert take("c.example", "a", 2000.0, 30, 1, 100) == 0
     assert take("c.example", "b", 2001.0, 30, 1, 100) > 0
     assert take("c.example", "b", 2031.0, 30, 1, 100) == 0
+
+
+def test_status_says_moved_gone_and_failing(
+    write_config: ConfigWriter, feed_server: FeedServer, store: Store
+) -> None:
+    from click.testing import CliRunner
+
+    from aggregator.cli import main
+
+    feed_server.copy("rss2.xml", "new.xml")
+    feed_server.routes["/old.xml"] = Route(301, {"Location": feed_server.url("new.xml")})
+    feed_server.routes["/gone.xml"] = Route(410)
+    feed_server.routes["/err.xml"] = Route(503)
+    config = write_config.write(
+        [
+            {"name": "moved", "url": feed_server.url("old.xml")},
+            {"name": "gone", "url": feed_server.url("gone.xml")},
+            {"name": "err", "url": feed_server.url("err.xml")},
+        ]
+    )
+    poll(config, store, "moved", "gone", "err")
+    result = CliRunner().invoke(main, ["status"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    lines = {
+        line.split("│")[1].strip(): line
+        for line in result.output.splitlines()
+        if line.count("│") > 3 and line.split("│")[1].strip()
+    }
+    assert "moved" in lines, result.output
+    assert "moved permanently" in lines["moved"] and "/new.xml" in lines["moved"]
+    assert "never (gone)" in lines["gone"]
+    assert "1 failure(s) in a row" in lines["err"] and "503" in lines["err"]
