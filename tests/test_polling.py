@@ -267,3 +267,16 @@ def test_status_says_moved_gone_and_failing(
     assert "moved permanently" in lines["moved"] and "/new.xml" in lines["moved"]
     assert "never (gone)" in lines["gone"]
     assert "1 failure(s) in a row" in lines["err"] and "503" in lines["err"]
+
+
+def test_a_document_that_failed_to_parse_is_fetched_again_not_304(
+    write_config: ConfigWriter, feed_server: FeedServer, store: Store
+) -> None:
+    feed_server.put("broken.xml", b"<html><body>not a feed</body></html>")
+    config = write_config.write([{"name": "broken", "url": feed_server.url("broken.xml")}])
+    first = poll(config, store, "broken")[0]
+    assert not first.ok and "not an RSS, Atom or JSON feed" in first.error
+    assert state(store, "broken").validators.etag == ""
+    again = poll(config, store, "broken")[0]
+    assert feed_server.requests[-1].status == 200  # fetched whole again, not a 304
+    assert not again.ok and state(store, "broken").failures == 2
