@@ -28,6 +28,7 @@ from pydantic import (
 
 from aggregator import __version__
 from aggregator.errors import ConfigError
+from aggregator.text import xml_text
 
 ENV_CONFIG = "AGGREGATOR_CONFIG"
 ENV_REDIS_URL = "AGGREGATOR_REDIS_URL"
@@ -101,8 +102,8 @@ def _label(value: str) -> str:
         raise ValueError("must not be blank")
     if value != value.strip():
         raise ValueError("must not start or end with white space")
-    if _CONTROL.search(value):
-        raise ValueError("must not contain control characters")
+    if _CONTROL.search(value) or xml_text(value) != value:
+        raise ValueError("must not contain control characters or others XML cannot carry")
     return value
 
 

@@ -49,7 +49,8 @@ def entry_id(
         key = "guid:" + guid.strip()
     else:
         key = "hash:" + "\n".join((title, date.isoformat() if date else "", content))
-    return hashlib.sha256(f"{source}\n{key}".encode()).hexdigest()[:16]
+    # surrogatepass: a JSON Feed may carry a lone surrogate (an escaped "\ud800") in its ids.
+    return hashlib.sha256(f"{source}\n{key}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def canonical_url(url: str) -> str:

@@ -40,7 +40,7 @@ def sanitize(fragment: str, base: str) -> str:
     if not fragment:
         return ""
     cleaned = nh3.clean(
-        fragment,
+        xml_text(fragment),  # nh3 cannot take lone surrogates; they go first
         attributes=_ATTRIBUTES,
         url_relative=("rewrite_with_base", base) if base else "pass_through",
     )
@@ -52,7 +52,7 @@ def plain_text(fragment: str) -> str:
     """HTML → one line of text (titles, filter matching)."""
     if not fragment:
         return ""
-    stripped = nh3.clean(fragment, tags=set(), attributes={})
+    stripped = nh3.clean(xml_text(fragment), tags=set(), attributes={})
     return _SPACE.sub(" ", xml_text(html.unescape(stripped))).strip()
 
 

@@ -10,6 +10,7 @@ here. No I/O.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 
 from aggregator import __version__
-from aggregator.models import Entry
+from aggregator.models import Author, Entry
 from aggregator.text import xml_text
 
 Format = Literal["atom", "rss", "json"]
@@ -33,6 +34,9 @@ GENERATOR = "aggregator"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ATOM = "http://www.w3.org/2005/Atom"
 OCTETS = "application/octet-stream"
+UNTITLED = "(untitled)"
+_EMAIL = re.compile(r"[^\r\n]+@[^\r\n]+")  # atom.rng: ".+@.+", "." matching no CR or LF
+_MEDIA_TYPE = re.compile(r"[^\r\n]+/[^\r\n]+")  # atom.rng: ".+/.+"
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 
 
@@ -99,12 +103,13 @@ def render(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
 
 def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
     fg = FeedGenerator()
-    title = xml_text(info.title)
+    title = _shown(info.title) or UNTITLED
     fg.id(info.url("atom"))
     fg.title(title)
-    fg.subtitle(xml_text(info.description) or title)
-    fg.link(href=info.html_url, rel="alternate")
+    fg.subtitle(_shown(info.description) or title)
+    # feedgen makes the RSS channel <link> the last link given: the HTML page goes last.
     fg.link(href=info.url(fmt, info.page), rel="self")
+    fg.link(href=info.html_url, rel="alternate")
     # RFC 4287 §4.1.1: a feed needs an author unless every entry has one.
     fg.author({"name": title})
     fg.generator(GENERATOR, version=__version__)
@@ -116,7 +121,7 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
         page = info.entry_url(entry.id)
         fe.id(page)
         fe.guid(page, permalink=True)
-        fe.title(xml_text(entry.title) or "(untitled)")
+        fe.title(xml_text(entry.title) or UNTITLED)
         fe.link(href=entry.link or page, rel="alternate")
         if entry.content:
             # Escaped rather than CDATA: content may itself contain "]]>".
@@ -133,7 +138,7 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
                 fe.enclosure(first.url, str(first.length), first.type or OCTETS)
         for author in entry.authors:
             if author.name or author.email:
-                fe.author({k: xml_text(v) for k, v in author.to_dict().items()})
+                fe.author(_author(author, fmt))
         for tag in entry.all_tags:
             fe.category(term=xml_text(tag))
         if entry.source_link:
@@ -157,7 +162,8 @@ def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], out: byte
             _link(element, href, "alternate", "text/html")
             for enclosure in entry.enclosures:
                 length = str(enclosure.length) if enclosure.length else None
-                _link(element, enclosure.url, "enclosure", enclosure.type or None, length)
+                kind = enclosure.type if _MEDIA_TYPE.fullmatch(enclosure.type) else None
+                _link(element, enclosure.url, "enclosure", kind, length)
     else:
         container = root.find("channel")
         assert container is not None
@@ -170,6 +176,22 @@ def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], out: byte
         anchor.addnext(link)
         anchor = link
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+
+
+def _shown(text: str) -> str:
+    """`text` as XML can carry it, or "" when nothing visible would be left."""
+    cleaned = xml_text(text)
+    return cleaned if cleaned.strip() else ""
+
+
+def _author(author: Author, fmt: Format) -> dict[str, str]:
+    """feedgen drops an Atom author without a name, and RFC 4287 §3.2.2 wants an email that
+    looks like one (atom.rng: `.+@.+`): the email stands in for a missing name, and an email
+    that is not one is left out."""
+    email = xml_text(author.email) if _EMAIL.fullmatch(author.email) else ""
+    name = xml_text(author.name) or (xml_text(author.email) if fmt == "atom" else "")
+    out = {"name": name, "email": email, "uri": xml_text(author.uri)}
+    return {k: v for k, v in out.items() if v}
 
 
 def _link(
@@ -191,12 +213,12 @@ def _after_links(container: Any) -> Any:
 def render_json(info: FeedInfo, entries: Sequence[Entry]) -> bytes:
     feed: dict[str, Any] = {
         "version": "https://jsonfeed.org/version/1.1",
-        "title": info.title,
+        "title": _shown(info.title) or UNTITLED,
         "home_page_url": info.html_url,
         "feed_url": info.url("json", info.page),
     }
-    if info.description:
-        feed["description"] = info.description
+    if _shown(info.description):
+        feed["description"] = _shown(info.description)
     if info.has_next:
         feed["next_url"] = info.url("json", info.page + 1)
     if info.hub:

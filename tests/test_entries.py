@@ -306,3 +306,18 @@ def test_expired_entries_leave_no_alias_behind(
 def test_source_config_is_a_pure_value() -> None:
     source = Source(name="x", url="https://x.example/", include=("a",))
     assert Filter(source.include, source.exclude).keeps("A")
+
+
+def test_json_feed_with_lone_surrogates_is_stored_not_failed() -> None:
+    from aggregator.update import process
+
+    body = (
+        b'{"version": "https://jsonfeed.org/version/1.1", "title": "t\\ud800",'
+        b' "items": [{"id": "x\\udfff", "title": "a\\ud800b", "content_html": "<p>c\\ud800</p>",'
+        b' "url": "https://j.example/1"}]}'
+    )
+    source = Source(name="j", url="https://j.example/feed.json", tags=("t",))
+    processed = process(source, body, source.url, "application/feed+json", NOW)
+    (entry,) = processed.entries
+    assert (entry.title, entry.content) == ("ab", "<p>c</p>")
+    entry.to_json().encode("utf-8")  # storable as UTF-8
