@@ -21,7 +21,7 @@ ALL = PREFIX + "index:all"  # sorted set of every entry id by date
 
 
 def entry(entry_id: str) -> str:
-    """String: the entry as JSON (`Entry.to_json`)."""
+    """String: the entry as `Entry.to_stored` writes it (compressed JSON)."""
     return f"{PREFIX}entry:{entry_id}"
 
 

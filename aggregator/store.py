@@ -91,13 +91,18 @@ class Lifetimes:
         return cls(canon=seconds, tombstone=max(seconds, 30 * DAY))
 
 
-def connect(url: str) -> redis.Redis | RedisCluster:
-    """A client for `url`; `redis+cluster://host:port` selects Redis Cluster."""
+def connect(url: str, *, text: bool = True) -> redis.Redis | RedisCluster:
+    """A client for `url`; `redis+cluster://host:port` selects Redis Cluster. `text` clients
+    answer str; the others bytes (stored entries are compressed)."""
     if url.startswith("redis+cluster://"):
         return RedisCluster.from_url(
-            "redis://" + url.removeprefix("redis+cluster://"), decode_responses=True
+            "redis://" + url.removeprefix("redis+cluster://"), decode_responses=text
         )
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    return redis.Redis.from_url(url, decode_responses=text, health_check_interval=30)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 @contextmanager
@@ -125,20 +130,28 @@ def _indexes(entry: Entry) -> set[str]:
 
 
 class Store:
+    """`client` answers str; `binary` (same server) answers bytes, for the compressed entries
+    and the transactions that read them."""
+
     def __init__(
-        self, client: redis.Redis | RedisCluster, lifetimes: Lifetimes | None = None
+        self,
+        client: redis.Redis | RedisCluster,
+        binary: redis.Redis | RedisCluster,
+        lifetimes: Lifetimes | None = None,
     ) -> None:
         self.client = client
+        self.binary = binary
         self.lifetimes = lifetimes or Lifetimes()
         self._claim = client.register_script(_CLAIM)
         self._host_slot = client.register_script(_HOST_SLOT)
 
     @classmethod
     def from_url(cls, url: str, lifetimes: Lifetimes | None = None) -> Store:
-        return cls(connect(url), lifetimes)
+        return cls(connect(url), connect(url, text=False), lifetimes)
 
     def close(self) -> None:
         self.client.close()
+        self.binary.close()
 
     def ping(self) -> bool:
         try:
@@ -150,7 +163,7 @@ class Store:
         """Run `attempt(pipe)` (WATCH, read, MULTI, queue writes) until EXEC succeeds."""
         with _storage_errors(action):
             for _ in range(MAX_ATTEMPTS):
-                with self.client.pipeline(transaction=True) as pipe:
+                with self.binary.pipeline(transaction=True) as pipe:
                     try:
                         result = attempt(pipe)
                         pipe.execute()
@@ -205,14 +218,15 @@ class Store:
 
         def attempt(pipe: Any) -> int:
             pipe.watch(index)
-            victims = list(
-                dict.fromkeys(
+            victims = [
+                str(_text(v))
+                for v in dict.fromkeys(
                     [
                         *pipe.zrangebyscore(index, "-inf", f"({cutoff}"),
                         *pipe.zrevrange(index, max_entries, -1),
                     ]
                 )
-            )
+            ]
             if not victims:
                 pipe.multi()
                 return 0
@@ -225,7 +239,7 @@ class Store:
                 pipe.zrem(index, victim)
                 if raw is None:
                     continue
-                entry = Entry.from_json(raw)
+                entry = Entry.from_stored(raw)
                 if any(c != category for c in entry.all_categories):
                     continue
                 pipe.delete(keys.entry(victim))
@@ -259,8 +273,8 @@ class Store:
             ]
             if not ids:
                 return []
-            raw = self.client.mget([keys.entry(i) for i in ids])
-        return [Entry.from_json(r) for r in raw if r]
+            raw = self.binary.mget([keys.entry(i) for i in ids])
+        return [Entry.from_stored(r) for r in raw if r]
 
     def cached_render(self, kind: keys.Kind, name: str, variant: str) -> Rendered:
         """The index's current version and, when one was stored for exactly that version,
@@ -295,8 +309,8 @@ class Store:
 
     def entry(self, entry_id: str) -> Entry | None:
         with _storage_errors(f"reading entry {entry_id}"):
-            raw = self.client.get(keys.entry(entry_id))
-        return Entry.from_json(raw) if raw else None
+            raw = self.binary.get(keys.entry(entry_id))
+        return Entry.from_stored(raw) if raw else None
 
     def count(self, kind: keys.Kind, name: str = "") -> int:
         with _storage_errors(f"counting {kind} {name}"):
@@ -439,17 +453,23 @@ class _SavePlan:
         if watched:
             pipe.watch(*watched)
         stored = pipe.mget(list(map(keys.entry, ids))) if ids else []
-        aliases = pipe.mget(list(map(keys.alias, ids))) if ids else []
+        aliases = [_text(a) for a in pipe.mget(list(map(keys.alias, ids)))] if ids else []
         gone = pipe.mget(list(map(keys.gone, ids))) if ids else []
-        owners = dict(zip(canon_keys, pipe.mget(canon_keys), strict=True)) if canon_keys else {}
-        loaded = {e.id: Entry.from_json(raw) for e, raw in zip(entries, stored, strict=True) if raw}
+        owners = (
+            dict(zip(canon_keys, map(_text, pipe.mget(canon_keys)), strict=True))
+            if canon_keys
+            else {}
+        )
+        loaded = {
+            e.id: Entry.from_stored(raw) for e, raw in zip(entries, stored, strict=True) if raw
+        }
         targets = {t for t in (*aliases, *owners.values()) if t and t not in loaded}
         if targets:
             target_keys = [keys.entry(t) for t in targets]
             pipe.watch(*target_keys)
             for raw in pipe.mget(target_keys):
                 if raw:
-                    entry = Entry.from_json(raw)
+                    entry = Entry.from_stored(raw)
                     loaded[entry.id] = entry
         pipe.multi()
 
@@ -482,7 +502,7 @@ class _SavePlan:
             new += 1
 
         for entry in self.pending.values():
-            pipe.set(keys.entry(entry.id), entry.to_json())
+            pipe.set(keys.entry(entry.id), entry.to_stored())
         for index, score, ident in self.indexes:
             pipe.zadd(index, {ident: score})
         for index, ident in self.unindex:

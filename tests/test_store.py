@@ -155,20 +155,20 @@ def test_saving_the_same_entries_again_rewrites_nothing(store: Store, raw: redis
     a = make_entry("a", published=T0 - timedelta(hours=1))
     b = make_entry("b")  # dated by first_seen
     assert store.save_poll("src", [a, b], STATE, None) == SaveResult(2, 0)
-    stored_json = {i: raw.get(keys.entry(i)) for i in ("a", "b")}
+    blobs = {i: store.binary.get(keys.entry(i)) for i in ("a", "b")}
     all_scores = scores(raw, keys.ALL)
 
     # Mark the stored copy of "a" without touching its digest: a rewrite would erase the mark.
-    marked = dataclasses.replace(Entry.from_json(stored_json["a"] or ""), title="MARK")
-    raw.set(keys.entry("a"), marked.to_json())
+    marked = dataclasses.replace(Entry.from_stored(blobs["a"] or b""), title="MARK")
+    store.binary.set(keys.entry("a"), marked.to_stored())
 
     # The next poll sees the same entries, but "now" (first_seen) has moved on.
     later = T0 + timedelta(hours=3)
     again = [dataclasses.replace(a, first_seen=later), dataclasses.replace(b, first_seen=later)]
     assert store.save_poll("src", again, STATE, None) == SaveResult(0, 0)
 
-    assert raw.get(keys.entry("a")) == marked.to_json()
-    assert raw.get(keys.entry("b")) == stored_json["b"]
+    assert store.entry("a") == marked
+    assert store.binary.get(keys.entry("b")) == blobs["b"]
     got_b = store.entry("b")
     assert got_b is not None and got_b.first_seen == T0
     assert scores(raw, keys.ALL) == all_scores
@@ -378,16 +378,18 @@ def test_reload_counter(store: Store) -> None:
 # --- optimistic concurrency: all or nothing --------------------------------------------------
 
 
-def snapshot(raw: redis.Redis) -> dict[str, Any]:
+def snapshot(store: Store) -> dict[str, Any]:
+    """Every key and its value, as bytes (stored entries are compressed)."""
+    client: Any = store.binary
     out: dict[str, Any] = {}
-    for key in sorted(str(k) for k in raw.keys("*")):
-        kind = raw.type(key)
-        if kind == "string":
-            out[key] = raw.get(key)
-        elif kind == "hash":
-            out[key] = raw.hgetall(key)
-        elif kind == "zset":
-            out[key] = raw.zrange(key, 0, -1, withscores=True)
+    for key in sorted(k.decode() for k in client.keys("*")):
+        kind = client.type(key)
+        if kind == b"string":
+            out[key] = client.get(key)
+        elif kind == b"hash":
+            out[key] = client.hgetall(key)
+        elif kind == b"zset":
+            out[key] = client.zrange(key, 0, -1, withscores=True)
         else:
             out[key] = kind
     return out
@@ -415,18 +417,18 @@ def test_conflict_leaves_nothing_half_written(
 ) -> None:
     base = make_entry("base", tags=("old",))
     store.save_poll("src", [base], {"status": 200, "entries": 1}, T0)
-    before = snapshot(raw)
+    before = snapshot(store)
     other = make_entry("b", source="elsewhere", content="<p>theirs</p>")
 
     # "Another worker" stores entry b between our read and our EXEC. Entry a comes first in
     # the batch and is free of conflict: it must not be written either, nor the retag of
     # `base`, nor the state, nor the due time.
     def other_worker() -> None:
-        raw.set(keys.entry("b"), other.to_json())
+        store.binary.set(keys.entry("b"), other.to_stored())
 
     calls = interleave(monkeypatch, other_worker, times=1)
     batch = [make_entry("a"), make_entry("b"), dataclasses.replace(base, tags=("new",))]
-    with store.client.pipeline(transaction=True) as pipe:
+    with store.binary.pipeline(transaction=True) as pipe:
         store_module._SavePlan(store, pipe, "src").run(
             batch, {"status": 201, "entries": 3}, T0 + timedelta(hours=1), None
         )
@@ -434,8 +436,8 @@ def test_conflict_leaves_nothing_half_written(
             pipe.execute()
     assert calls[0] == 1
 
-    after = snapshot(raw)
-    assert after.pop(keys.entry("b")) == other.to_json()
+    after = snapshot(store)
+    assert after.pop(keys.entry("b")) == other.to_stored()
     assert after == before
     assert not raw.exists(keys.entry("a"))
     assert index_ids(raw, keys.index("tag", "old")) == ["base"]
@@ -514,3 +516,15 @@ def test_unreachable_redis_raises_storage_error(dead_store: Store) -> None:
 
 def test_ping_true_when_reachable(store: Store) -> None:
     assert store.ping() is True
+
+
+def test_entries_are_stored_compressed_and_plain_json_still_reads(store: Store) -> None:
+    from aggregator.models import ZLIB_MARK
+
+    e = make_entry("z", content="<p>" + "经济日报 " * 200 + "</p>")
+    store.save_poll("src", [e], STATE, None)
+    blob = store.binary.get(keys.entry("z"))
+    assert isinstance(blob, bytes) and blob[:1] == ZLIB_MARK
+    assert len(blob) < len(e.to_json().encode()) / 4
+    store.binary.set(keys.entry("z"), e.to_json().encode())  # as written before compression
+    assert store.entry("z") == e
