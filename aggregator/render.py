@@ -37,7 +37,6 @@ OCTETS = "application/octet-stream"
 UNTITLED = "(untitled)"
 _EMAIL = re.compile(r"[^\r\n]+@[^\r\n]+")  # atom.rng: ".+@.+", "." matching no CR or LF
 _MEDIA_TYPE = re.compile(r"[^\r\n]+/[^\r\n]+")  # atom.rng: ".+/.+"
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +120,14 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
         page = info.entry_url(entry.id)
         fe.id(page)
         fe.guid(page, permalink=True)
-        fe.title(xml_text(entry.title) or UNTITLED)
+        # Entry text is XML-safe already (normalize strips what XML 1.0 forbids).
+        fe.title(entry.title or UNTITLED)
         fe.link(href=entry.link or page, rel="alternate")
         if entry.content:
             # Escaped rather than CDATA: content may itself contain "]]>".
-            fe.content(xml_text(entry.content), type="html")
+            fe.content(entry.content, type="html")
         if entry.summary:
-            fe.summary(xml_text(entry.summary), type="html")
+            fe.summary(entry.summary, type="html")
         if entry.published is not None:
             fe.published(entry.published)
         fe.updated(updated(entry))
@@ -140,23 +140,30 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
             if author.name or author.email:
                 fe.author(_author(author, fmt))
         for tag in entry.all_tags:
-            fe.category(term=xml_text(tag))
+            fe.category(term=tag)
         if entry.source_link:
-            fe.source(url=entry.source_link, title=xml_text(entry.source_title or entry.source))
-    out = fg.atom_str(pretty=False) if fmt == "atom" else fg.rss_str(pretty=False)
-    return _finish_xml(fmt, info, entries, bytes(out))
+            fe.source(url=entry.source_link, title=entry.source_title or entry.source)
+    # feedgen's tree builders, not atom_str/rss_str: the tree is finished before it is written
+    # out, once (serializing and parsing it back cost a third of the render).
+    root, _ = fg._create_atom() if fmt == "atom" else fg._create_rss()
+    _finish_xml(fmt, info, entries, root)
+    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
-def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], out: bytes) -> bytes:
+def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], root: Any) -> None:
     """What feedgen 1.0.0 cannot write. Its Atom entry links lose every attribute but href (an
     enclosure would become a second alternate link, which RFC 4287 §4.1.1 forbids), and its
     RSS channel carries no atom:link but rel="self". So entry links (alternate and enclosures,
-    with type and length) and the channel's paging and hub links are written here."""
-    root = etree.fromstring(out, parser=_PARSER)
+    with type and length) and the channel's paging and hub links are written here.
+
+    feedgen builds its Atom tree without namespaces and declares the Atom namespace as a plain
+    `xmlns` attribute on <feed>: the text it writes is namespaced, the tree is not. So Atom
+    elements are named bare here, and the RSS channel's atom:link in full."""
     if fmt == "atom":
         container = root
-        for element, entry in zip(root.iterfind(f"{{{ATOM}}}entry"), entries, strict=True):
-            for link in element.findall(f"{{{ATOM}}}link"):
+        link_tag = "link"
+        for element, entry in zip(root.iterfind("entry"), entries, strict=True):
+            for link in element.findall("link"):
                 element.remove(link)
             href = entry.link or info.entry_url(entry.id)
             _link(element, href, "alternate", "text/html")
@@ -167,15 +174,16 @@ def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], out: byte
     else:
         container = root.find("channel")
         assert container is not None
+        link_tag = f"{{{ATOM}}}link"
     extra = dict(info.paging(fmt))
     if info.hub:
         extra["hub"] = info.hub
-    anchor = _after_links(container)
+    links = container.findall(link_tag)
+    anchor = links[-1] if links else container[0]
     for rel, href in extra.items():
-        link = etree.Element(f"{{{ATOM}}}link", href=href, rel=rel)
+        link = etree.Element(link_tag, href=href, rel=rel)
         anchor.addnext(link)
         anchor = link
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
 def _shown(text: str) -> str:
@@ -197,17 +205,11 @@ def _author(author: Author, fmt: Format) -> dict[str, str]:
 def _link(
     parent: Any, href: str, rel: str, type_: str | None = None, length: str | None = None
 ) -> None:
-    link = etree.SubElement(parent, f"{{{ATOM}}}link", href=href, rel=rel)
+    link = etree.SubElement(parent, "link", href=href, rel=rel)
     if type_:
         link.set("type", type_)
     if length:
         link.set("length", length)
-
-
-def _after_links(container: Any) -> Any:
-    """The element new feed-level links go after: the last one already there."""
-    links = container.findall(f"{{{ATOM}}}link")
-    return links[-1] if links else container[0]
 
 
 def render_json(info: FeedInfo, entries: Sequence[Entry]) -> bytes:

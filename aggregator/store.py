@@ -72,7 +72,7 @@ class Rendered:
     (`body` is None on a miss)."""
 
     version: int
-    body: str | None = None
+    body: bytes | None = None
     etag: str = ""
     last_modified: str = ""
 
@@ -280,26 +280,36 @@ class Store:
         """The index's current version and, when one was stored for exactly that version,
         the rendered feed. One round trip."""
         with _storage_errors(f"reading the cached {kind} {name}"):
-            pipe = self.client.pipeline(transaction=False)
+            pipe = self.binary.pipeline(transaction=False)
             pipe.get(keys.version(keys.index(kind, name)))
             pipe.hgetall(keys.rendered(kind, name, variant))
             version, cached = pipe.execute()
         version = int(version or 0)
-        if cached and int(cached.get("version", -1)) == version:
-            return Rendered(version, cached["body"], cached["etag"], cached["last_modified"])
+        if cached and int(cached.get(b"version", -1)) == version:
+            return Rendered(
+                version,
+                cached[b"body"],
+                cached[b"etag"].decode(),
+                cached[b"last_modified"].decode(),
+            )
         return Rendered(version)
+
+    def index_version(self, kind: keys.Kind, name: str = "") -> int:
+        """The index's version: it grows with every change of the index."""
+        with _storage_errors(f"reading the version of {kind} {name}"):
+            return int(self.client.get(keys.version(keys.index(kind, name))) or 0)
 
     def cache_render(
         self, kind: keys.Kind, name: str, variant: str, rendered: Rendered, ttl: int = DAY
     ) -> None:
         key = keys.rendered(kind, name, variant)
         with _storage_errors(f"caching the {kind} {name}"):
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self.binary.pipeline(transaction=True)
             pipe.hset(
                 key,
                 mapping={
                     "version": rendered.version,
-                    "body": rendered.body or "",
+                    "body": rendered.body or b"",
                     "etag": rendered.etag,
                     "last_modified": rendered.last_modified,
                 },

@@ -9,8 +9,12 @@ Production: `gunicorn 'aggregator.web:create_app()'`.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import json
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
@@ -41,10 +45,48 @@ bp = Blueprint("aggregator", __name__)
 
 
 @dataclass(frozen=True, slots=True)
+class Memo:
+    """A rendered feed held by this web process: its bytes and headers, the index version it
+    shows, and when that version was last checked against Redis."""
+
+    version: int
+    body: bytes
+    headers: dict[str, str]
+    checked: float
+
+
+class Memos:
+    """The feeds this process served last, bounded (least recently used go first)."""
+
+    def __init__(self, size: int = 512) -> None:
+        self._size = size
+        self._items: OrderedDict[tuple[object, ...], Memo] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...]) -> Memo | None:
+        with self._lock:
+            memo = self._items.get(key)
+            if memo is not None:
+                self._items.move_to_end(key)
+            return memo
+
+    def put(self, key: tuple[object, ...], memo: Memo) -> None:
+        with self._lock:
+            self._items[key] = memo
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Services:
     config: Config
     store: Store
     fingerprint: str  # of everything in the config that shows in a rendered feed
+    version_check: float  # seconds a process serves a feed before asking Redis if it changed
+    memos: Memos
+    tags: frozenset[str]
+    categories: frozenset[str]
 
 
 def _fingerprint(config: Config) -> str:
@@ -65,7 +107,17 @@ def services() -> Services:
     return cast(Services, current_app.extensions["aggregator"])
 
 
-def create_app(config: Config | None = None, store: Store | None = None) -> Flask:
+VERSION_CHECK = 1.0
+
+
+def create_app(
+    config: Config | None = None,
+    store: Store | None = None,
+    *,
+    version_check: float = VERSION_CHECK,
+) -> Flask:
+    """The web app. A feed is served from this process's memory for up to `version_check`
+    seconds before Redis is asked whether it changed."""
     app = Flask(__name__)
     if config is None:
         config = config_module.from_environ()
@@ -73,7 +125,15 @@ def create_app(config: Config | None = None, store: Store | None = None) -> Flas
         store, embedded = open_store(config)
         if embedded is not None:
             atexit.register(embedded.stop)
-    app.extensions["aggregator"] = Services(config, store, _fingerprint(config))
+    app.extensions["aggregator"] = Services(
+        config,
+        store,
+        _fingerprint(config),
+        version_check,
+        Memos(),
+        frozenset(config.tag_names()),
+        frozenset(config.category_names()),
+    )
     app.jinja_env.globals["media"] = {f: MEDIA_TYPES[f].split(";")[0] for f in FORMATS}
     app.jinja_env.globals["formats"] = FORMATS
     app.register_blueprint(bp)
@@ -128,9 +188,9 @@ def _format(fmt: str) -> Format:
 
 
 def _known(kind: keys.Kind, name: str) -> None:
-    cfg, store = services().config, services().store
-    names = cfg.tag_names() if kind == "tag" else cfg.category_names()
-    if name not in names and store.count(kind, name) == 0:
+    found = services()
+    names = found.tags if kind == "tag" else found.categories
+    if name not in names and found.store.count(kind, name) == 0:
         abort(404, f"no {kind} named {name!r}")
 
 
@@ -177,11 +237,33 @@ def _max_age(kind: keys.Kind, name: str) -> int:
 
 def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
     feed_format = _format(fmt)
-    if kind != "all":
-        _known(kind, name)
     page, limit = _page(), _limit()
+    memos = services().memos
+    key = (kind, name, feed_format, page, limit)
+    now = time.monotonic()
+    memo = memos.get(key)
+    if memo is None or now - memo.checked > services().version_check:
+        # At most one Redis round trip a second per feed and web process while nothing
+        # changes; a new version is rendered once and shared through Redis.
+        if kind != "all":
+            _known(kind, name)
+        version = services().store.index_version(kind, name)
+        if memo is None or memo.version != version:
+            memo = _memo(kind, name, feed_format, page, limit, now)
+        else:
+            memo = dataclasses.replace(memo, checked=now)
+        memos.put(key, memo)
+    response = Response(memo.body, headers=memo.headers)
+    response.make_conditional(request)
+    FEED_REQUESTS.labels(feed_format, str(response.status_code)).inc()
+    return response
+
+
+def _memo(kind: keys.Kind, name: str, fmt: Format, page: int, limit: int, now: float) -> Memo:
+    """The feed as of now: from the rendering cached in Redis for the index's current version,
+    else rendered here and cached there for every other web process."""
     store = services().store
-    variant = f"{feed_format}:{page}:{limit}:{services().fingerprint}"
+    variant = f"{fmt}:{page}:{limit}:{services().fingerprint}"
     cached = store.cached_render(kind, name, variant)
     if cached.body is None:
         # One entry more than asked tells whether an older page exists (RFC 5005 "next").
@@ -189,26 +271,26 @@ def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
         if page > 1 and not found:
             abort(404, f"page {page} is past the end of this feed")
         entries = found[:limit]
-        body = render(feed_format, _info(kind, name, page, len(found) > limit, limit), entries)
+        body = render(fmt, _info(kind, name, page, len(found) > limit, limit), entries)
         modified = last_modified(entries)
         cached = Rendered(
             cached.version,
-            body.decode("utf-8"),
+            body,
             # The ETag is a hash of the bytes: identical data gives it on every worker.
             hashlib.sha256(body).hexdigest()[:32],
             http_date(modified) if modified else "",
         )
         store.cache_render(kind, name, variant, cached)
-        FEED_RENDERS.labels(feed_format).inc()
-    response = Response(cached.body, content_type=MEDIA_TYPES[feed_format])
-    response.set_etag(cached.etag)
+        FEED_RENDERS.labels(fmt).inc()
+    assert cached.body is not None
+    headers = {
+        "Content-Type": MEDIA_TYPES[fmt],
+        "ETag": f'"{cached.etag}"',
+        "Cache-Control": f"public, max-age={_max_age(kind, name)}",
+    }
     if cached.last_modified:
-        response.headers["Last-Modified"] = cached.last_modified
-    response.cache_control.public = True
-    response.cache_control.max_age = _max_age(kind, name)
-    response.make_conditional(request)
-    FEED_REQUESTS.labels(feed_format, str(response.status_code)).inc()
-    return response
+        headers["Last-Modified"] = cached.last_modified
+    return Memo(cached.version, cached.body, headers, now)
 
 
 @bp.get("/all.<fmt>")

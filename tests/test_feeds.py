@@ -78,7 +78,7 @@ def config(write_config: ConfigWriter) -> Config:
 
 @pytest.fixture
 def client(config: Config, store: Store) -> FlaskClient:
-    return create_app(config, store).test_client()
+    return create_app(config, store, version_check=0).test_client()
 
 
 def atom_links(element: etree._Element) -> dict[str, list[etree._Element]]:
@@ -172,13 +172,16 @@ def test_rfc5005_paging_walks_back_through_everything(client: FlaskClient, store
     assert json_page["next_url"] == "https://agg.example/categories/audio.json?page=3&limit=3"
 
 
-def test_rendering_is_cached_per_index_version(client: FlaskClient, store: Store) -> None:
+def test_rendering_is_cached_per_index_version(
+    client: FlaskClient, store: Store, config: Config
+) -> None:
     store.save_poll("pod", [entry(1)], {}, None)
     first = client.get("/tags/" + quote("播客") + ".json")
-    # Tamper with the cached copy: a second request must be served from the cache.
+    # Tamper with the copy cached in Redis: another web process must serve it, not render.
     (key,) = store.client.keys(keys.PREFIX + "rendered:tag:*")
     store.client.hset(key, "body", first.data.decode().replace("第1集", "CACHED"))
-    assert "CACHED" in client.get("/tags/" + quote("播客") + ".json").get_data(as_text=True)
+    other = create_app(config, store, version_check=0).test_client()
+    assert "CACHED" in other.get("/tags/" + quote("播客") + ".json").get_data(as_text=True)
     # New data bumps the tag's version: the next request renders afresh.
     store.save_poll("pod", [entry(1), entry(2)], {}, None)
     fresh = client.get("/tags/" + quote("播客") + ".json").get_json()
@@ -210,3 +213,19 @@ def test_same_data_same_etag_across_apps_and_304(config: Config, store: Store) -
     )
     assert again.status_code == 304
     assert one.headers["Last-Modified"] == "Fri, 01 Mar 2024 01:00:00 GMT"
+
+
+def test_a_process_serves_a_feed_from_memory_between_version_checks(
+    config: Config, store: Store
+) -> None:
+    store.save_poll("pod", [entry(1)], {}, None)
+    client = create_app(config, store, version_check=3600).test_client()
+    first = client.get("/all.json")
+    # New data in Redis: within the check interval this process still serves what it has,
+    # without asking Redis at all (even a broken connection would not be noticed).
+    store.save_poll("pod", [entry(1), entry(2)], {}, None)
+    assert client.get("/all.json").data == first.data
+    conditional = client.get("/all.json", headers={"If-None-Match": first.headers["ETag"]})
+    assert conditional.status_code == 304
+    fresh = create_app(config, store, version_check=0).test_client().get("/all.json")
+    assert [i["title"] for i in fresh.get_json()["items"]] == ["第2集", "第1集"]

@@ -53,7 +53,7 @@ def config(write_config: ConfigWriter) -> Config:
 
 @pytest.fixture
 def app(config: Config, store: Store) -> Iterator[Flask]:
-    yield create_app(config, store)
+    yield create_app(config, store, version_check=0)
 
 
 @pytest.fixture
