@@ -3,6 +3,7 @@ server on 127.0.0.1 serving fixture feeds (with ETags, so conditional GET is exe
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -12,8 +13,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +28,9 @@ import yaml
 from aggregator import config as config_module
 from aggregator.config import Config
 from aggregator.embedded import redis_server_binary
+from aggregator.fetch import Fetcher
 from aggregator.store import Store
+from aggregator.update import Outcome, Updater
 
 DATA = Path(__file__).parent / "data"
 FEEDS = DATA / "feeds"
@@ -260,3 +264,15 @@ def environ() -> dict[str, str]:
     env = dict(os.environ)
     env.pop(config_module.ENV_REDIS_URL, None)
     return env
+
+
+def poll_now(config: Config, store: Store, names: Sequence[str], now: datetime) -> list[Outcome]:
+    """Poll the named sources once, as `aggregator poll` does, with the clock stopped at `now`
+    (parsing in this process)."""
+
+    async def run() -> list[Outcome]:
+        async with Fetcher(config.settings) as fetcher:
+            updater = Updater(config, store, fetcher, clock=lambda: now)
+            return await updater.poll_many([config.source(n) for n in names])
+
+    return asyncio.run(run())

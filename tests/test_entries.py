@@ -3,7 +3,6 @@ Pure functions on plain values first, then the whole poll on a real Redis and HT
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -11,12 +10,11 @@ import pytest
 
 from aggregator import keys
 from aggregator.config import Config, Source
-from aggregator.fetch import Fetcher
 from aggregator.identity import canonical_url, dedup_keys, guid_problem
 from aggregator.normalize import Filter
 from aggregator.store import Store
-from aggregator.update import Outcome, Updater
-from tests.conftest import ConfigWriter, FeedServer
+from aggregator.update import Outcome
+from tests.conftest import ConfigWriter, FeedServer, poll_now
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
@@ -90,12 +88,7 @@ def test_catastrophic_filter_pattern_is_time_bounded() -> None:
 
 
 def poll(config: Config, store: Store, *names: str) -> list[Outcome]:
-    async def run() -> list[Outcome]:
-        async with Fetcher(config.settings) as fetcher:
-            updater = Updater(config, store, fetcher, clock=lambda: NOW)
-            return await updater.poll_many([config.source(n) for n in names])
-
-    return asyncio.run(run())
+    return poll_now(config, store, names, NOW)
 
 
 def rss(items: list[tuple[str, str, str, str]]) -> str:

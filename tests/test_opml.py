@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from flask import Flask, Response, request
 from lxml import etree
 
 from aggregator import config as config_module
@@ -202,30 +201,11 @@ def test_export_then_import_round_trips_and_passes_check(
     assert "4 sources" in checked.stdout
 
 
-# --- the route for web.py ------------------------------------------------------------------
-
-
-def sources_opml() -> Response:
-    """The `/sources.opml` route as handed to web.py's owner, line for line."""
-    from aggregator.web import services
-
-    cfg, store = services().config, services().store
-    body = opml.render(cfg, opml.known_feeds(cfg, store))
-    response = Response(body, content_type=opml.MEDIA_TYPE)
-    response.set_etag(hashlib.sha256(body).hexdigest()[:32])
-    response.make_conditional(request)
-    return response
-
-
-def with_route(app: Flask) -> Flask:
-    """Mount the route unless web.py already has it (then its own is what is tested)."""
-    if not any(rule.rule == "/sources.opml" for rule in app.url_map.iter_rules()):
-        app.add_url_rule("/sources.opml", view_func=sources_opml)
-    return app
+# --- the /sources.opml route -----------------------------------------------------------------
 
 
 def test_sources_opml_route(config: Config, store: Store) -> None:
-    client = with_route(create_app(config, store)).test_client()
+    client = create_app(config, store).test_client()
     response = client.get("/sources.opml")
     assert response.status_code == 200
     assert response.content_type == "text/x-opml; charset=utf-8"

@@ -14,18 +14,13 @@ from aggregator.fetch import Fetcher
 from aggregator.models import SourceState
 from aggregator.store import Store
 from aggregator.update import GONE, Outcome, Updater
-from tests.conftest import ConfigWriter, FeedServer, Route
+from tests.conftest import ConfigWriter, FeedServer, Route, poll_now
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def poll(config: Config, store: Store, *names: str) -> list[Outcome]:
-    async def run() -> list[Outcome]:
-        async with Fetcher(config.settings) as fetcher:
-            updater = Updater(config, store, fetcher, clock=lambda: NOW)
-            return await updater.poll_many([config.source(n) for n in names])
-
-    return asyncio.run(run())
+    return poll_now(config, store, names, NOW)
 
 
 def state(store: Store, name: str) -> SourceState:
