@@ -23,7 +23,7 @@ from urllib.parse import quote
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import http_date
+from werkzeug.http import http_date, parse_date, parse_etags
 
 from aggregator import __version__, keys, opml
 from aggregator import config as config_module
@@ -53,6 +53,8 @@ class Memo:
     body: bytes
     headers: dict[str, str]
     checked: float
+    etag: str
+    modified: datetime | None  # the Last-Modified header's time (whole seconds)
 
 
 class Memos:
@@ -69,6 +71,10 @@ class Memos:
             if memo is not None:
                 self._items.move_to_end(key)
             return memo
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
     def put(self, key: tuple[object, ...], memo: Memo) -> None:
         with self._lock:
@@ -253,10 +259,27 @@ def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
         else:
             memo = dataclasses.replace(memo, checked=now)
         memos.put(key, memo)
-    response = Response(memo.body, headers=memo.headers)
-    response.make_conditional(request)
+    if _not_modified(memo):
+        response = Response(status=304, headers=memo.headers)
+        del response.headers["Content-Type"]
+    else:
+        response = Response(memo.body, headers=memo.headers)
     FEED_REQUESTS.labels(feed_format, str(response.status_code)).inc()
     return response
+
+
+def _not_modified(memo: Memo) -> bool:
+    """RFC 9110 §13.1: If-None-Match (weak comparison) decides when sent; else
+    If-Modified-Since against the newest entry. (Werkzeug's make_conditional does this and
+    more, at a cost that showed on every cached request.)"""
+    tags = request.headers.get("If-None-Match")
+    if tags is not None:
+        return parse_etags(tags).contains_weak(memo.etag)
+    since = request.headers.get("If-Modified-Since")
+    if since is None or memo.modified is None:
+        return False
+    when = parse_date(since)
+    return when is not None and memo.modified <= when
 
 
 def _memo(kind: keys.Kind, name: str, fmt: Format, page: int, limit: int, now: float) -> Memo:
@@ -290,7 +313,8 @@ def _memo(kind: keys.Kind, name: str, fmt: Format, page: int, limit: int, now: f
     }
     if cached.last_modified:
         headers["Last-Modified"] = cached.last_modified
-    return Memo(cached.version, cached.body, headers, now)
+    modified = parse_date(cached.last_modified) if cached.last_modified else None
+    return Memo(cached.version, cached.body, headers, now, cached.etag, modified)
 
 
 @bp.get("/all.<fmt>")

@@ -213,6 +213,17 @@ def test_same_data_same_etag_across_apps_and_304(config: Config, store: Store) -
     )
     assert again.status_code == 304
     assert one.headers["Last-Modified"] == "Fri, 01 Mar 2024 01:00:00 GMT"
+    client = create_app(config, store).test_client()
+    for tags in ("W/" + one.headers["ETag"], '"other", ' + one.headers["ETag"], "*"):
+        assert client.get("/all.atom", headers={"If-None-Match": tags}).status_code == 304
+    # If-None-Match decides when present, even when If-Modified-Since would say 304
+    stale = client.get(
+        "/all.atom",
+        headers={"If-None-Match": '"other"', "If-Modified-Since": one.headers["Last-Modified"]},
+    )
+    assert stale.status_code == 200 and stale.data == one.data
+    not_modified = client.get("/all.atom", headers={"If-None-Match": one.headers["ETag"]})
+    assert not_modified.headers["ETag"] == one.headers["ETag"] and not not_modified.data
 
 
 def test_a_process_serves_a_feed_from_memory_between_version_checks(
