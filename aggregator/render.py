@@ -133,16 +133,6 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
         fe.updated(updated(entry))
         if fmt == "rss":
             fe.pubDate(entry.date)
-            if entry.enclosures:  # RSS 2.0 allows one enclosure per item
-                first = entry.enclosures[0]
-                fe.enclosure(first.url, str(first.length), first.type or OCTETS)
-        for author in entry.authors:
-            if author.name or author.email:
-                fe.author(_author(author, fmt))
-        for tag in entry.all_tags:
-            fe.category(term=tag)
-        if entry.source_link:
-            fe.source(url=entry.source_link, title=entry.source_title or entry.source)
     # feedgen's tree builders, not atom_str/rss_str: the tree is finished before it is written
     # out, once (serializing and parsing it back cost a third of the render).
     root, _ = fg._create_atom() if fmt == "atom" else fg._create_rss()
@@ -158,23 +148,23 @@ def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], root: Any
 
     feedgen builds its Atom tree without namespaces and declares the Atom namespace as a plain
     `xmlns` attribute on <feed>: the text it writes is namespaced, the tree is not. So Atom
-    elements are named bare here, and the RSS channel's atom:link in full."""
+    elements are named bare here, and the RSS channel's atom:link in full.
+
+    Authors, categories, sources and enclosures are written here too: feedgen's setters for
+    them cost more than the elements themselves (a third of the render)."""
     if fmt == "atom":
         container = root
         link_tag = "link"
         for element, entry in zip(root.iterfind("entry"), entries, strict=True):
             for link in element.findall("link"):
                 element.remove(link)
-            href = entry.link or info.entry_url(entry.id)
-            _link(element, href, "alternate", "text/html")
-            for enclosure in entry.enclosures:
-                length = str(enclosure.length) if enclosure.length else None
-                kind = enclosure.type if _MEDIA_TYPE.fullmatch(enclosure.type) else None
-                _link(element, enclosure.url, "enclosure", kind, length)
+            _atom_entry_extras(element, entry, info)
     else:
         container = root.find("channel")
         assert container is not None
         link_tag = f"{{{ATOM}}}link"
+        for element, entry in zip(container.iterfind("item"), entries, strict=True):
+            _rss_item_extras(element, entry)
     extra = dict(info.paging(fmt))
     if info.hub:
         extra["hub"] = info.hub
@@ -184,6 +174,46 @@ def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], root: Any
         link = etree.Element(link_tag, href=href, rel=rel)
         anchor.addnext(link)
         anchor = link
+
+
+def _atom_entry_extras(element: Any, entry: Entry, info: FeedInfo) -> None:
+    sub = etree.SubElement
+    _link(element, entry.link or info.entry_url(entry.id), "alternate", "text/html")
+    for enclosure in entry.enclosures:
+        length = str(enclosure.length) if enclosure.length else None
+        kind = enclosure.type if _MEDIA_TYPE.fullmatch(enclosure.type) else None
+        _link(element, enclosure.url, "enclosure", kind, length)
+    for author in entry.authors:
+        fields = _author(author, "atom")
+        if fields:
+            person = sub(element, "author")
+            for name in ("name", "email", "uri"):
+                if name in fields:
+                    sub(person, name).text = fields[name]
+    for tag in entry.all_tags:
+        sub(element, "category", term=tag)
+    if entry.source_link:
+        source = sub(element, "source")
+        sub(source, "title").text = entry.source_title or entry.source
+        sub(source, "link", href=entry.source_link)
+
+
+def _rss_item_extras(element: Any, entry: Entry) -> None:
+    sub = etree.SubElement
+    for author in entry.authors:
+        fields = _author(author, "rss")
+        if "email" in fields:  # RSS 2.0 <author> is an email address, a name may follow
+            name = fields.get("name")
+            sub(element, "author").text = f"{fields['email']} ({name})" if name else fields["email"]
+    for tag in entry.all_tags:
+        sub(element, "category").text = tag
+    if entry.enclosures:  # RSS 2.0 allows one enclosure per item
+        first = entry.enclosures[0]
+        sub(
+            element, "enclosure", url=first.url, length=str(first.length), type=first.type or OCTETS
+        )
+    if entry.source_link:
+        sub(element, "source", url=entry.source_link).text = entry.source_title or entry.source
 
 
 def _shown(text: str) -> str:
