@@ -25,7 +25,7 @@ from aggregator.config import Config, Source
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher
 from aggregator.store import Store
-from aggregator.update import Clock, Outcome, Updater, utcnow
+from aggregator.update import Clock, Outcome, Updater, use_enough_threads, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Worker:
     async def _main(self, handle_signals: bool) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        use_enough_threads()
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(sig, self._stop.set)

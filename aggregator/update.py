@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,8 +34,20 @@ from aggregator.store import Store
 
 log = logging.getLogger(__name__)
 
+REDIS_THREADS = 32
+
 Clock = Callable[[], datetime]
 GONE = datetime(9999, 1, 1, tzinfo=UTC)  # the due time of a source that answered 410
+
+
+def use_enough_threads() -> None:
+    """Redis calls run in the loop's default thread pool (`asyncio.to_thread`); its default
+    size, cpu count + 4, would queue a thousand concurrent polls' round trips behind six
+    threads. Waiting on Redis releases the GIL, so more threads mean more calls in flight."""
+    loop = asyncio.get_running_loop()
+    if not getattr(loop, "_aggregator_threads", False):
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=REDIS_THREADS))
+        loop._aggregator_threads = True  # type: ignore[attr-defined]
 
 
 def _hash(body: bytes) -> str:
@@ -288,6 +300,8 @@ class Updater:
         on_done: Callable[[Outcome], Awaitable[None] | None] | None = None,
     ) -> list[Outcome]:
         """Poll every source concurrently; outcomes in the order given."""
+
+        use_enough_threads()
 
         async def one(source: Source) -> Outcome:
             outcome = await self.poll(source)

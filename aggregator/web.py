@@ -243,22 +243,23 @@ def _max_age(kind: keys.Kind, name: str) -> int:
 
 def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
     feed_format = _format(fmt)
-    page, limit = _page(), _limit()
-    memos = services().memos
+    # Most readers ask for the first page at the default size: no query string to parse.
+    page, limit = (_page(), _limit()) if request.query_string else (1, DEFAULT_LIMIT)
+    found = services()
     key = (kind, name, feed_format, page, limit)
     now = time.monotonic()
-    memo = memos.get(key)
-    if memo is None or now - memo.checked > services().version_check:
+    memo = found.memos.get(key)
+    if memo is None or now - memo.checked > found.version_check:
         # At most one Redis round trip a second per feed and web process while nothing
         # changes; a new version is rendered once and shared through Redis.
         if kind != "all":
             _known(kind, name)
-        version = services().store.index_version(kind, name)
+        version = found.store.index_version(kind, name)
         if memo is None or memo.version != version:
             memo = _memo(kind, name, feed_format, page, limit, now)
         else:
             memo = dataclasses.replace(memo, checked=now)
-        memos.put(key, memo)
+        found.memos.put(key, memo)
     if _not_modified(memo):
         response = Response(status=304, headers=memo.headers)
         del response.headers["Content-Type"]
