@@ -35,6 +35,7 @@ from aggregator.store import Store
 log = logging.getLogger(__name__)
 
 REDIS_THREADS = 32
+MAX_POLLS = 256  # polls under way at once in one process (`poll_many`)
 
 Clock = Callable[[], datetime]
 GONE = datetime(9999, 1, 1, tzinfo=UTC)  # the due time of a source that answered 410
@@ -128,6 +129,9 @@ class Updater:
         self.fetcher = fetcher
         self.executor = executor
         self.clock = clock
+        # This process's share of each host's slots: only as many polls as a host may have
+        # under way ask Redis for a slot; the rest wait here, costing no Redis calls.
+        self._host_gates: dict[str, asyncio.Semaphore] = {}
 
     async def poll(self, source: Source) -> Outcome:
         """Poll one source now and record the result. Never raises for the source's own faults;
@@ -244,25 +248,29 @@ class Updater:
         """Hold one of the host's request slots (settings.per_host, across all workers)."""
         host = (urlsplit(url).hostname or "").lower()
         limits = self.config.settings.per_host
+        gate = self._host_gates.get(host)
+        if gate is None:
+            gate = self._host_gates[host] = asyncio.Semaphore(limits.concurrency)
         token = uuid.uuid4().hex
         lease = self.config.settings.timeout + 30
-        while True:
-            wait = await asyncio.to_thread(
-                self.store.take_host_slot,
-                host,
-                token,
-                time.time(),
-                lease,
-                limits.concurrency,
-                limits.per_minute,
-            )
-            if wait <= 0:
-                break
-            await asyncio.sleep(min(wait, 5.0))
-        try:
-            yield
-        finally:
-            await asyncio.to_thread(self.store.release_host_slot, host, token)
+        async with gate:
+            while True:
+                wait = await asyncio.to_thread(
+                    self.store.take_host_slot,
+                    host,
+                    token,
+                    time.time(),
+                    lease,
+                    limits.concurrency,
+                    limits.per_minute,
+                )
+                if wait <= 0:
+                    break
+                await asyncio.sleep(min(wait, 5.0))
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(self.store.release_host_slot, host, token)
 
     async def _process(
         self, source: Source, fetched: FetchResult, now: datetime, id_mode: str
@@ -299,12 +307,15 @@ class Updater:
         sources: Iterable[Source],
         on_done: Callable[[Outcome], Awaitable[None] | None] | None = None,
     ) -> list[Outcome]:
-        """Poll every source concurrently; outcomes in the order given."""
+        """Poll every source concurrently, at most MAX_POLLS at once; outcomes in the order
+        given."""
 
         use_enough_threads()
+        running = asyncio.Semaphore(MAX_POLLS)
 
         async def one(source: Source) -> Outcome:
-            outcome = await self.poll(source)
+            async with running:
+                outcome = await self.poll(source)
             if on_done is not None:
                 maybe = on_done(outcome)
                 if maybe is not None:
