@@ -282,10 +282,10 @@ class SourceState:
 def entry_digest(entry: Entry) -> str:
     """A hash of everything the source says about an entry, plus where we file it; not of when
     we first saw it, nor of what we add (other origins, the digest itself), nor of the guid (a
-    guid that changes on every poll is not a change of the story). Equal digests mean there is
-    nothing to rewrite."""
+    guid that changes on every poll is not a change of the story, nor the id derived from it).
+    Equal digests mean there is nothing to rewrite."""
     data = entry.to_dict()
-    for ours in ("first_seen", "merged", "digest", "guid"):
+    for ours in ("first_seen", "merged", "digest", "guid", "id"):
         del data[ours]
     blob = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(blob.encode("utf-8"), digest_size=12).hexdigest()

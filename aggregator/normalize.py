@@ -7,6 +7,7 @@ source's category and tags, and the source's include/exclude filters. Pure: no R
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 import re
@@ -21,7 +22,7 @@ from aggregator import identity
 from aggregator.config import Source
 from aggregator.dates import clamp_future
 from aggregator.identity import GUID
-from aggregator.models import Author, Enclosure, Entry, ParsedEntry, ParsedFeed
+from aggregator.models import Author, Enclosure, Entry, ParsedEntry, ParsedFeed, entry_digest
 from aggregator.text import xml_text
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,11 @@ class Filter:
                 log.warning("filter %r gave up after %ss", pattern.pattern, FILTER_TIMEOUT)
         return False
 
+    @property
+    def active(self) -> bool:
+        """False when the source has no filters: then the text need not even be made."""
+        return bool(self._include or self._exclude)
+
     def keeps(self, text: str) -> bool:
         if self._include and not self._matches(self._include, text):
             return False
@@ -139,33 +145,33 @@ def normalize(
         title = plain_text(parsed.title)
         content = sanitize(parsed.content or parsed.summary, base)
         summary = sanitize(parsed.summary, base) if parsed.content else ""
-        if not keep.keeps(title + "\n" + plain_text(content)):
+        if keep.active and not keep.keeps(title + "\n" + plain_text(content)):
             continue
-        entries.append(
-            Entry(
-                id=ident,
-                source=source.name,
-                category=source.category_name,
-                tags=source.tags,
-                title=title,
-                link=xml_text(link),
-                content=content,
-                summary=summary,
-                first_seen=fetched_at,
-                authors=tuple(
-                    Author(xml_text(a.name), xml_text(a.email), xml_text(a.uri))
-                    for a in parsed.authors
-                ),
-                published=_not_future(parsed.published, fetched_at),
-                updated=_not_future(parsed.updated, fetched_at),
-                enclosures=tuple(
-                    Enclosure(xml_text(urljoin(base, e.url)), xml_text(e.type), e.length)
-                    for e in parsed.enclosures
-                ),
-                categories=tuple(xml_text(c) for c in parsed.categories),
-                source_title=xml_text(source_title or feed.title or source.name),
-                source_link=xml_text(source_link),
-                guid=xml_text(parsed.guid.strip()),
-            )
+        entry = Entry(
+            id=ident,
+            source=source.name,
+            category=source.category_name,
+            tags=source.tags,
+            title=title,
+            link=xml_text(link),
+            content=content,
+            summary=summary,
+            first_seen=fetched_at,
+            authors=tuple(
+                Author(xml_text(a.name), xml_text(a.email), xml_text(a.uri)) for a in parsed.authors
+            ),
+            published=_not_future(parsed.published, fetched_at),
+            updated=_not_future(parsed.updated, fetched_at),
+            enclosures=tuple(
+                Enclosure(xml_text(urljoin(base, e.url)), xml_text(e.type), e.length)
+                for e in parsed.enclosures
+            ),
+            categories=tuple(xml_text(c) for c in parsed.categories),
+            source_title=xml_text(source_title or feed.title or source.name),
+            source_link=xml_text(source_link),
+            guid=xml_text(parsed.guid.strip()),
         )
+        # The digest is the store's "did the source change this?" test: made here, in the
+        # parse worker, so the process that writes to Redis does not spend its time on it.
+        entries.append(dataclasses.replace(entry, digest=entry_digest(entry)))
     return entries

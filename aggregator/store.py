@@ -539,7 +539,7 @@ class _SavePlan:
             self.pipe.set(key, entry_id, ex=self.store.lifetimes.canon)
 
     def _add(self, entry: Entry, claims: list[str], owners: dict[str, str | None]) -> None:
-        stored = dataclasses.replace(entry, digest=entry_digest(entry), merged=())
+        stored = dataclasses.replace(entry, digest=entry.digest or entry_digest(entry), merged=())
         self.pending[entry.id] = stored
         self._index(stored)
         unclaimed = [k for k in claims if owners.get(k) in (None, entry.id)]
@@ -548,7 +548,7 @@ class _SavePlan:
             owners[key] = entry.id  # later entries of this batch merge into this one
 
     def _update(self, current: Entry, incoming: Entry, claims: list[str]) -> int:
-        digest = entry_digest(incoming)
+        digest = incoming.digest or entry_digest(incoming)
         if digest == current.digest:
             return 0
         changed = dataclasses.replace(
