@@ -358,11 +358,6 @@ class Store:
                 str(k): str(v) for k, v in self.client.hgetall(keys.source_guids(source)).items()
             }
 
-    def validators(self, source: str) -> Validators:
-        with _storage_errors(f"reading {source}"):
-            etag, modified = self.client.hmget(keys.source(source), ["etag", "last_modified"])
-        return Validators(str(etag or ""), str(modified or ""))
-
     # --- scheduling -----------------------------------------------------------------------
 
     def sync_sources(self, names: Sequence[str], now: datetime) -> None:

@@ -273,7 +273,6 @@ def test_state_and_next_due_written_with_the_entries(store: Store, raw: redis.Re
     assert got.new_entries == 2
     assert got.stored == 2
     assert got.validators == Validators('"abc123"', "Wed, 01 May 2024 11:00:00 GMT")
-    assert store.validators("src") == got.validators
     assert got.next_due is not None
     assert abs((got.next_due - due).total_seconds()) < 1e-3
     assert raw.zscore(keys.DUE, "src") == pytest.approx(due.timestamp(), abs=1e-5)
@@ -501,7 +500,6 @@ def test_unreachable_redis_raises_storage_error(dead_store: Store) -> None:
         lambda: dead_store.entry("a"),
         lambda: dead_store.count("tag", "t1"),
         lambda: dead_store.source_states(["src"]),
-        lambda: dead_store.validators("src"),
         lambda: dead_store.sync_sources(["a"], T0),
         lambda: dead_store.claim_due(T0, T0, 5),
         lambda: dead_store.reload_version(),
