@@ -447,6 +447,24 @@ def test_small_gzip_body_is_decompressed(feed_server: FeedServer) -> None:
     assert ok(fetch(feed_server.url("gz.xml"))).body == plain
 
 
+def test_brotli_is_offered_decoded_and_capped(feed_server: FeedServer) -> None:
+    import brotli
+
+    plain = (FEEDS / "rss2.xml").read_bytes()
+    feed_server.routes["/br.xml"] = Route(
+        headers={"Content-Type": "application/xml", "Content-Encoding": "br"},
+        body=brotli.compress(plain),
+    )
+    assert ok(fetch(feed_server.url("br.xml"))).body == plain
+    assert "br" in feed_server.requests[-1].headers.get("Accept-Encoding", "")
+    feed_server.routes["/brbomb.xml"] = Route(
+        headers={"Content-Type": "application/xml", "Content-Encoding": "br"},
+        body=brotli.compress(b"<" * (20 * MB)),
+    )
+    err = fetch_error(feed_server.url("brbomb.xml"), settings(max_bytes=MB))
+    assert "over max_bytes" in str(err)
+
+
 # --- network failures -----------------------------------------------------------------------
 
 
