@@ -26,8 +26,6 @@ import itertools
 import json
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from procs import free_port, redis_server
 
 from aggregator import keys
 from aggregator.config import Source
@@ -271,56 +270,15 @@ def poll_state(profile: Profile, entries: Sequence[Entry], now: datetime) -> dic
 # ------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
-def redis_server(extra: Sequence[str] = ()) -> Iterator[str]:
-    """A redis-server of our own on a free loopback port, no persistence; `extra` are more
-    `--name value` settings."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not on PATH")
+def redis_url(extra: Sequence[str] = ()) -> Iterator[str]:
+    """The URL of a private redis-server in a temp folder, removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix="aggregator-bench-memory-"))
     port = free_port()
-    workdir = tempfile.mkdtemp(prefix="aggregator-bench-memory-")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
     try:
-        client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
-        client.close()
-        yield url
+        with redis_server(workdir, port, extra):
+            yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -591,7 +549,7 @@ def run(args: argparse.Namespace) -> Result:
     extra: list[str] = []
     if args.zset_max_listpack_entries is not None:
         extra += ["--zset-max-listpack-entries", str(args.zset_max_listpack_entries)]
-    with redis_server(extra) as url:
+    with redis_url(extra) as url:
         client = redis.Redis.from_url(url, decode_responses=True)
         client.flushall()
         baseline = used_memory(client)

