@@ -98,6 +98,9 @@ class ParsedFeed:
     format: str = ""
     entries: tuple[ParsedEntry, ...] = ()
     ttl: float | None = None  # RSS 2.0 <ttl>: minutes the channel may be cached, in seconds
+    # What relative links in the entries' HTML are relative to, when the format says (an XML
+    # document's own URL, RFC 3986 §5.1.3); "" leaves it to the entry's link.
+    base: str = ""
 
 
 # --- the normalized entry ------------------------------------------------------------------

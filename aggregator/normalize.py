@@ -143,8 +143,8 @@ def normalize(
         link = urljoin(feed_url, parsed.link.strip()) if parsed.link.strip() else ""
         base = link or feed_url
         title = plain_text(parsed.title)
-        content = sanitize(parsed.content or parsed.summary, base)
-        summary = sanitize(parsed.summary, base) if parsed.content else ""
+        content = sanitize(parsed.content or parsed.summary, feed.base or base)
+        summary = sanitize(parsed.summary, feed.base or base) if parsed.content else ""
         if keep.active and not keep.keeps(title + "\n" + plain_text(content)):
             continue
         entry = Entry(
@@ -163,7 +163,7 @@ def normalize(
             published=_not_future(parsed.published, fetched_at),
             updated=_not_future(parsed.updated, fetched_at),
             enclosures=tuple(
-                Enclosure(xml_text(urljoin(base, e.url)), xml_text(e.type), e.length)
+                Enclosure(xml_text(urljoin(feed.base or base, e.url)), xml_text(e.type), e.length)
                 for e in parsed.enclosures
             ),
             categories=tuple(xml_text(c) for c in parsed.categories),

@@ -1,13 +1,13 @@
 """Parse: bytes of a fetched document → `ParsedFeed`, for every format we read.
 
-RSS 0.9x/1.0/2.0 and Atom 0.3/1.0 go through feedparser (it resolves relative links against
-xml:base), after two steps of our own: `charset.to_utf8` decides the real encoding (Chinese
-sources' labels are often wrong) and hands feedparser UTF-8, and `harden_prolog` rewrites
-everything before the root element so that no DOCTYPE can define an entity that expands to
-more than its own reference (billion laughs, and one 50 KB entity referenced 50,000 times, which
-made feedparser 6.0.14 run 46 s and reach 2.4 GB). JSON Feed 1.0/1.1 is read here: feedparser
-6.0 does not know it and returns no entries. Dates are read from the raw strings (`dates`), in
-China's +08:00 when a Chinese feed names no zone.
+RSS 0.9x/1.0/2.0 and Atom 0.3/1.0 are read by feedparser_rs when the document is well formed,
+else by feedparser (`read_xml`), after two steps of our own: `charset.to_utf8` decides the
+real encoding (Chinese sources' labels are often wrong) and hands the parser UTF-8, and
+`harden_prolog` rewrites everything before the root element so that no DOCTYPE can define an
+entity that expands to more than its own reference (billion laughs, and one 50 KB entity
+referenced 50,000 times, which made feedparser 6.0.14 run 46 s and reach 2.4 GB). JSON Feed
+1.0/1.1 is read here: feedparser 6.0 does not know it and returns no entries. Dates are read
+from the raw strings (`dates`), in China's +08:00 when a Chinese feed names no zone.
 
 HTML is left unsanitized and ids are not derived: that is `normalize`. Time and memory bounds
 on a whole parse are `bounded`'s job. No I/O.
@@ -22,6 +22,8 @@ from datetime import UTC, tzinfo
 from typing import Any
 
 import feedparser
+import feedparser_rs
+from feedparser.mixin import _FeedParserMixin
 
 from aggregator.charset import CHINESE_ENCODINGS, to_utf8
 from aggregator.dates import CHINA_TZ, parse_date
@@ -43,36 +45,71 @@ def _looks_like_json(body: bytes, content_type: str) -> bool:
     return head.startswith(b"{") or "json" in content_type.lower()
 
 
-# --- RSS and Atom, through feedparser ------------------------------------------------------
+# --- RSS and Atom, through feedparser_rs or feedparser ------------------------------------
 
 
-def parse_xml_feed(body: bytes, url: str, content_type: str = "") -> ParsedFeed:
+def parse_xml_feed(
+    body: bytes, url: str, content_type: str = "", *, fast: bool = True
+) -> ParsedFeed:
+    """`fast=False` reads with feedparser alone (the reference the fast path is tested
+    against)."""
     decoded = to_utf8(body, content_type)
-    media_type = content_type.split(";")[0].strip() or "application/xml"
-    # The bytes are UTF-8 now, whatever the header said: tell feedparser so.
-    headers = {"content-location": url, "content-type": f"{media_type}; charset=utf-8"}
-    # Sanitizing is nh3's job in normalize; feedparser's own sanitizer would only cost time.
-    doc = feedparser.parse(
-        harden_prolog(decoded.data),
-        response_headers=headers,
-        sanitize_html=False,
-        resolve_relative_uris=True,
-    )
+    doc = read_xml(harden_prolog(decoded.data), url, content_type, fast=fast)
     if not doc.get("version") and not doc.entries:
         cause = doc.get("bozo_exception")
         reason = "not an RSS, Atom or JSON feed"
-        if cause is not None:
+        if isinstance(cause, BaseException):
             raise ParseError(url, reason) from cause
         raise ParseError(url, reason)
     feed = doc.feed
     zone = default_zone(_text(feed.get("language", "")), decoded.encoding)
+    rss = not str(doc.get("version", "")).startswith("atom")
     return ParsedFeed(
         title=_text(feed.get("title", "")),
         link=feed.get("link", "") or "",
         format=doc.get("version", "") or "",
-        entries=tuple(_xml_entry(e, _authors(feed.get("authors")), zone) for e in doc.entries),
+        entries=tuple(_xml_entry(e, _authors(feed), zone, rss=rss) for e in doc.entries),
         ttl=_ttl(feed.get("ttl")),
+        base=url,
     )
+
+
+def read_xml(data: bytes, url: str, content_type: str = "", *, fast: bool = True) -> Any:
+    """A UTF-8 RSS or Atom document read into feedparser's shape of dicts.
+
+    feedparser_rs (Rust, twenty times faster here) reads every well-formed document without
+    xml:base; feedparser, the reference, reads the rest: anything feedparser_rs calls
+    malformed (feedparser's loose parser recovers more), documents whose relative links hang
+    on xml:base (feedparser_rs is not told the document's URL), and documents at its entry
+    limit. Neither sanitizes: that is nh3's job in normalize, which also resolves relative
+    links against the document's URL (`ParsedFeed.base`); feedparser resolves them first
+    only against an xml:base."""
+    if fast and b"xml:base" not in data:
+        try:
+            doc = feedparser_rs.parse(data, sanitize_html=False, resolve_relative_uris=False)
+        except Exception:  # noqa: BLE001 - feedparser, below, reads it or says why not
+            doc = None
+        if (
+            doc is not None
+            and not doc.bozo
+            and doc.get("version")
+            and len(doc.entries) < _FAST_LIMITS.max_entries
+        ):
+            return doc
+    media_type = content_type.split(";")[0].strip() or "application/xml"
+    # The bytes are UTF-8 now, whatever the header said: tell feedparser so.
+    headers = {"content-type": f"{media_type}; charset=utf-8"}
+    xml_base = b"xml:base" in data
+    if xml_base:
+        # feedparser resolves links, guids and HTML against the document's URL as soon as it
+        # knows it; that is left to normalize, but for xml:base, which only feedparser reads.
+        headers["content-location"] = url
+    return feedparser.parse(
+        data, response_headers=headers, sanitize_html=False, resolve_relative_uris=xml_base
+    )
+
+
+_FAST_LIMITS = feedparser_rs.ParserLimits()
 
 
 def _ttl(value: Any) -> float | None:
@@ -229,53 +266,52 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _authors(raw: Any) -> tuple[Author, ...]:
+def _authors(owner: Any) -> tuple[Author, ...]:
+    """The authors of a feed or entry; feedparser_rs leaves an RSS item's <author> out of
+    `authors` and has it only as `author_detail`."""
+    raw = owner.get("authors") or [owner.get("author_detail")]
     return tuple(
         Author(
             name=_text(a.get("name", "")),
             email=_text(a.get("email", "")),
             uri=_text(a.get("href", "")),
         )
-        for a in raw or ()
-        if isinstance(a, dict) and (a.get("name") or a.get("email") or a.get("href"))
+        for a in raw
+        if hasattr(a, "get") and (a.get("name") or a.get("email") or a.get("href"))
     )
 
 
-def _xml_entry(entry: Any, feed_authors: tuple[Author, ...], zone: tzinfo) -> ParsedEntry:
+def _xml_entry(
+    entry: Any, feed_authors: tuple[Author, ...], zone: tzinfo, *, rss: bool = True
+) -> ParsedEntry:
     """`feed_authors` stand for an entry that names none (RFC 4287 §4.2.1); `zone` is for
-    dates that name none."""
-    content = ""
-    for part in entry.get("content") or ():
-        value = part.get("value") or ""
-        if value:
-            content = value if "html" in (part.get("type") or "") else html.escape(value)
-            break
-    summary = entry.get("summary") or ""
-    detail = entry.get("summary_detail") or {}
-    if summary and "html" not in (detail.get("type") or "text/html"):
-        summary = html.escape(summary)
-    if summary == content:
-        summary = ""
+    dates that name none. Either parser's entry comes out the same
+    (tests/test_parse_engines.py). Links and guids are as the document wrote them: normalize
+    resolves links, and a guid is an identifier, not resolved against wherever the feed is
+    served from today."""
+    content = _first_content(entry)
+    summary = (entry.get("summary") or "", (entry.get("summary_detail") or {}).get("type"))
+    if summary[0] == content[0]:
+        summary = ("", None)  # without a summary, feedparser copies the content there
     title = entry.get("title") or ""
-    title_type = (entry.get("title_detail") or {}).get("type") or "text/plain"
+    if rss:
+        # RSS says nothing of a title's markup; feedparser takes it for HTML when it looks
+        # like HTML, feedparser_rs always does.
+        title_type = "text/html" if _FeedParserMixin.looks_like_html(title) else "text/plain"
+    else:
+        title_type = (entry.get("title_detail") or {}).get("type") or "text/plain"
+    (published, published_utc), (updated, updated_utc) = _dates(entry, rss)
     return ParsedEntry(
         guid=_text(entry.get("id", "")),
         link=_text(entry.get("link", "")),
-        title=title if "html" in title_type else html.escape(title, quote=False),
-        content=content,
-        summary=summary,
-        authors=_authors(entry.get("authors")) or feed_authors,
-        # The raw strings first (`dates`): feedparser's *_parsed are UTC and misread CST and
+        title=_as_html(title, title_type),
+        content=_as_html(*content),
+        summary=_as_html(summary[0], summary[1] or "text/html"),
+        authors=_authors(entry) or feed_authors,
+        # The raw strings first (`dates`): the parsers' *_parsed are UTC and misread CST and
         # Chinese forms; they are only the fallback for forms we do not know.
-        published=parse_date(
-            _text(entry.get("published", "")), entry.get("published_parsed"), default_tz=zone
-        ),
-        # dict.get: FeedParserDict.get("updated") falls back to "published" (feedparser #310)
-        updated=parse_date(
-            _text(dict.get(entry, "updated", "")),
-            dict.get(entry, "updated_parsed"),
-            default_tz=zone,
-        ),
+        published=parse_date(published, published_utc, default_tz=zone),
+        updated=parse_date(updated, updated_utc, default_tz=zone),
         enclosures=tuple(
             Enclosure(url=e["href"], type=_text(e.get("type", "")), length=_int(e.get("length")))
             for e in entry.get("enclosures") or ()
@@ -283,6 +319,37 @@ def _xml_entry(entry: Any, feed_authors: tuple[Author, ...], zone: tzinfo) -> Pa
         ),
         categories=tuple(t["term"] for t in entry.get("tags") or () if t.get("term")),
     )
+
+
+def _first_content(entry: Any) -> tuple[str, str | None]:
+    for part in entry.get("content") or ():
+        value = part.get("value") or ""
+        if value:
+            return value, part.get("type") or ""
+    return "", None
+
+
+def _as_html(value: str, media_type: str | None) -> str:
+    return value if "html" in (media_type or "") else html.escape(value, quote=False)
+
+
+Date = tuple[str, Any]  # the raw string, and the parser's UTC struct_time of it (or None)
+
+
+def _dates(entry: Any, rss: bool) -> tuple[Date, Date]:
+    """(published, updated) as the document wrote them, the same from either parser: an
+    `updated` equal to `published` says nothing more, and an RSS item's only date (pubDate,
+    or dc:date, which feedparser files as "updated") is when it was published."""
+    # dict.get: FeedParserDict.get("updated") falls back to "published" (feedparser #310)
+    own = dict.get if isinstance(entry, dict) else type(entry).get
+    published: Date = (_text(entry.get("published", "")), entry.get("published_parsed"))
+    updated: Date = (_text(own(entry, "updated", "")), own(entry, "updated_parsed"))
+    none: Date = ("", None)
+    if updated[0] == published[0]:
+        updated = none
+    if rss and not published[0]:
+        published, updated = updated, none
+    return published, updated
 
 
 def _int(value: Any) -> int:

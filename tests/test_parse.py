@@ -112,7 +112,8 @@ def test_older_formats_detected(body: bytes, fmt: str, title: str, link: str) ->
 
 
 def test_rss2_entries() -> None:
-    first, second, third = fixture("rss2.xml").entries
+    feed = fixture("rss2.xml")
+    first, second, third = feed.entries
     assert first.guid == first.link == "https://tech.example.org/posts/podcast-ep1"
     assert first.enclosures == (
         Enclosure("https://tech.example.org/audio/ep1.mp3", "audio/mpeg", 123456),
@@ -125,8 +126,10 @@ def test_rss2_entries() -> None:
     # content:encoded is raw HTML here: sanitizing is normalize's job, not parse's.
     assert second.content.startswith("<p>Hobby kernel authors")
     assert "<script>" in second.content
-    # relative URL resolved against the URL the feed came from (RFC 3986 §5.1.3)
-    assert 'src="https://feeds.example.org/img/a.png"' in second.content
+    # Relative URLs are resolved in normalize, against the URL the feed came from
+    # (RFC 3986 §5.1.3), which parse hands on as the feed's base.
+    assert 'src="/img/a.png"' in second.content
+    assert feed.base == BASE + "rss2.xml"
     assert second.summary.startswith("<p>Drivers written in memory-safe languages")
     assert third.authors == (Author(name="Ed Itor", email="editor@example.org"),)
     assert third.categories == ("Python",)
@@ -166,12 +169,12 @@ def test_rss1_entries() -> None:
     first, second = fixture("rss1.rdf").entries
     assert first.guid == first.link == "https://rdf.example.org/articles/2"
     assert first.authors == (Author(name="Bob Example"),)
-    # dc:date → updated (feedparser); no published
-    assert first.published is None
-    assert first.updated is not None
-    assert first.updated.isoformat() == "2024-03-05T16:45:00-04:00"
-    assert second.updated is not None
-    assert second.updated.isoformat() == "2024-03-01T09:30:00+09:00"
+    # An item's only date, dc:date, is when it was published (feedparser calls it "updated")
+    assert first.updated is None
+    assert first.published is not None
+    assert first.published.isoformat() == "2024-03-05T16:45:00-04:00"
+    assert second.published is not None
+    assert second.published.isoformat() == "2024-03-01T09:30:00+09:00"
     assert second.summary == (
         "<p>Subject, predicate, object: a simple model that keeps turning up.</p>"
     )
