@@ -16,13 +16,14 @@ surfaces as StorageError.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from aggregator import keys
 from aggregator.errors import StorageError
@@ -64,6 +65,23 @@ class SaveResult:
     new: int
     updated: int
     merged: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HostSlotRequest:
+    """One `take_host_slot` call: `host`'s slot for `token`, asked at `now` (epoch seconds)
+    for `lease` seconds, under the host's limits."""
+
+    host: str
+    token: str
+    now: float
+    lease: float
+    concurrency: int
+    per_minute: int
+
+
+# One poll that stored no entries, for `Store.save_states`: source, state fields, next due.
+StateWrite = tuple[str, Mapping[str, str | int | float], datetime | None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -111,6 +129,12 @@ def _storage_errors(action: str) -> Iterator[None]:
         yield
     except redis.RedisError as err:
         raise StorageError(f"Redis failed while {action}: {err}") from err
+
+
+def _some(names: Iterable[str]) -> str:
+    """Names for an error message: `a`, or `a and 4 more` for a batch."""
+    first, *rest = names
+    return f"{first} and {len(rest)} more" if rest else first
 
 
 def _ts(value: datetime) -> float:
@@ -197,7 +221,20 @@ class Store:
         self, source: str, state: Mapping[str, str | int | float], next_due: datetime | None
     ) -> None:
         """Record a poll that stored no entries (not modified, or failed)."""
-        self.save_poll(source, (), state, next_due)
+        self.save_states([(source, state, next_due)])
+
+    def save_states(self, polls: Sequence[StateWrite]) -> list[None]:
+        """Record many polls that stored no entries, in one MULTI/EXEC: the writes `save_poll`
+        makes for such a poll, for each (source, state, next due time) in order. Nothing is
+        read first, so nothing is WATCHed and there is nothing to retry."""
+        if not polls:
+            return []
+        with _storage_errors(f"saving {_some(source for source, _, _ in polls)}"):
+            pipe: Any = self.client.pipeline(transaction=True)
+            for source, state, next_due in polls:
+                _queue_state(pipe, source, state, next_due)
+            pipe.execute()
+        return [None] * len(polls)
 
     def enforce_retention(
         self, category: str, max_entries: int, max_age: float, now: datetime
@@ -353,10 +390,18 @@ class Store:
 
     def previous_guids(self, source: str) -> dict[str, str]:
         """link → guid of the source's entries at its last full poll."""
-        with _storage_errors(f"reading {source}"):
-            return {
-                str(k): str(v) for k, v in self.client.hgetall(keys.source_guids(source)).items()
-            }
+        return self.previous_guids_many([source])[0]
+
+    def previous_guids_many(self, sources: Sequence[str]) -> list[dict[str, str]]:
+        """`previous_guids` of each source, in one round trip."""
+        if not sources:
+            return []
+        with _storage_errors(f"reading the guids of {_some(sources)}"):
+            pipe = self.client.pipeline(transaction=False)
+            for source in sources:
+                pipe.hgetall(keys.source_guids(source))
+            replies = pipe.execute()
+        return [{str(k): str(v) for k, v in reply.items()} for reply in replies]
 
     # --- scheduling -----------------------------------------------------------------------
 
@@ -388,16 +433,61 @@ class Store:
     ) -> float:
         """Try to start a request to `host`: 0 when the slot is ours (release it with
         `release_host_slot`), else how many seconds to wait before trying again."""
-        with _storage_errors(f"taking a request slot for {host}"):
-            wait = self._host_slot(
-                keys=[keys.host_inflight(host), keys.host_recent(host)],
-                args=[now, now + lease, token, concurrency, per_minute],
+        request = HostSlotRequest(host, token, now, lease, concurrency, per_minute)
+        return self.take_host_slots([request])[0]
+
+    def take_host_slots(self, requests: Sequence[HostSlotRequest]) -> list[float]:
+        """`take_host_slot` for each request, in order, in one round trip. Each runs the
+        script on its own, so requests of one batch for one host count against each other."""
+        if not requests:
+            return []
+        with _storage_errors(f"taking a request slot for {_some(r.host for r in requests)}"):
+            waits = self._host_slot_replies(requests)
+            lost = [i for i, wait in enumerate(waits) if isinstance(wait, NoScriptError)]
+            if lost:
+                # A server that lost its scripts (restarted, SCRIPT FLUSH) ran none of those
+                # it did not know: load the script and send them again.
+                self._host_slot.sha = str(self.client.script_load(_HOST_SLOT))
+                again = self._host_slot_replies([requests[i] for i in lost])
+                for i, wait in zip(lost, again, strict=True):
+                    waits[i] = wait
+            for wait in waits:
+                if isinstance(wait, Exception):
+                    raise wait
+        return [float(wait) for wait in waits]
+
+    def _host_slot_replies(self, requests: Sequence[HostSlotRequest]) -> list[Any]:
+        """One pipeline of the host slot script, its replies (errors among them) in order.
+        EVALSHA itself, not the Script object: a Script in a pipeline first asks SCRIPT
+        EXISTS, a round trip of its own on every batch."""
+        pipe = self.client.pipeline(transaction=False)
+        for r in requests:
+            pipe.evalsha(
+                self._host_slot.sha,
+                2,
+                keys.host_inflight(r.host),
+                keys.host_recent(r.host),
+                r.now,
+                r.now + r.lease,
+                r.token,
+                r.concurrency,
+                r.per_minute,
             )
-        return float(wait)
+        return list(pipe.execute(raise_on_error=False))
 
     def release_host_slot(self, host: str, token: str) -> None:
-        with _storage_errors(f"releasing a request slot for {host}"):
-            self.client.zrem(keys.host_inflight(host), token)
+        self.release_host_slots([(host, token)])
+
+    def release_host_slots(self, slots: Sequence[tuple[str, str]]) -> list[None]:
+        """Give back each (host, token) slot, in one round trip."""
+        if not slots:
+            return []
+        with _storage_errors(f"releasing a request slot for {_some(host for host, _ in slots)}"):
+            pipe = self.client.pipeline(transaction=False)
+            for host, token in slots:
+                pipe.zrem(keys.host_inflight(host), token)
+            pipe.execute()
+        return [None] * len(slots)
 
     def reload_version(self) -> int:
         with _storage_errors("reading the reload counter"):
@@ -406,6 +496,22 @@ class Store:
     def request_reload(self) -> int:
         with _storage_errors("asking workers to reload"):
             return int(self.client.incr(keys.RELOAD))
+
+
+def _queue_state(
+    pipe: Any,
+    source: str,
+    state: Mapping[str, str | int | float],
+    next_due: datetime | None,
+    new: int = 0,
+) -> None:
+    """Queue the writes that record one poll: its state fields, the entries it added (`new`,
+    and `stored` counting them all), and its next due time unless None (left as it is)."""
+    pipe.hset(keys.source(source), mapping={**state, "new": new})
+    if new:
+        pipe.hincrby(keys.source(source), "stored", new)
+    if next_due is not None:
+        pipe.zadd(keys.DUE, {source: _ts(next_due)})
 
 
 def _state(name: str, data: dict[str, str], due: float | None) -> SourceState:
@@ -522,11 +628,7 @@ class _SavePlan:
             pipe.zrem(index, *idents)
         for index in additions.keys() | removals.keys():
             pipe.incr(keys.version(index))  # cached renderings of this index are stale now
-        fields = {**state, "new": new}
-        pipe.hset(keys.source(self.source), mapping=fields)
-        pipe.hincrby(keys.source(self.source), "stored", new)
-        if next_due is not None:
-            pipe.zadd(keys.DUE, {self.source: _ts(next_due)})
+        _queue_state(pipe, self.source, state, next_due, new)
         if guids is not None:
             pipe.delete(keys.source_guids(self.source))
             if guids:

@@ -14,7 +14,7 @@ from aggregator import keys
 from aggregator import store as store_module
 from aggregator.errors import StorageError
 from aggregator.models import Author, Entry, Validators, entry_digest
-from aggregator.store import MAX_ATTEMPTS, SaveResult, Store
+from aggregator.store import MAX_ATTEMPTS, HostSlotRequest, SaveResult, StateWrite, Store
 from tests.conftest import free_port
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -315,6 +315,93 @@ def test_source_states_of_an_unknown_source_are_empty(store: Store) -> None:
     assert store.source_states([]) == []
 
 
+def test_save_states_records_many_polls_at_once(store: Store, raw: redis.Redis) -> None:
+    store.save_poll("a", [make_entry("x", source="a")], {"status": 200, "etag": '"1"'}, T0)
+    store.save_state("c", {"status": 200}, T0)
+    later = T0 + timedelta(minutes=15)
+    polls: list[StateWrite] = [
+        ("a", {"status": 304, "failures": 0}, later),
+        ("b", {"status": 503, "last_error": "fetch b: HTTP 503", "failures": 2}, later),
+        ("c", {"status": 304}, None),  # its due time stays
+    ]
+    assert store.save_states(polls) == [None, None, None]
+    a, b, c = store.source_states(["a", "b", "c"])
+    assert (a.status, a.validators.etag, a.new_entries, a.stored) == (304, '"1"', 0, 1)
+    assert (b.status, b.failures, b.last_error) == (503, 2, "fetch b: HTTP 503")
+    assert (b.new_entries, b.stored) == (0, 0)
+    assert c.status == 304
+    assert raw.zscore(keys.DUE, "a") == pytest.approx(later.timestamp())
+    assert raw.zscore(keys.DUE, "b") == pytest.approx(later.timestamp())
+    assert raw.zscore(keys.DUE, "c") == pytest.approx(T0.timestamp())
+    assert store.save_states([]) == []
+
+
+def test_save_states_a_failing_write_fails_the_batch(store: Store, raw: redis.Redis) -> None:
+    raw.set(keys.source("b"), "not a hash")  # this source's HSET fails inside the transaction
+    polls: list[StateWrite] = [
+        ("a", {"status": 304}, T0),
+        ("b", {"status": 304}, T0),
+        ("c", {"status": 304}, T0),
+    ]
+    with pytest.raises(StorageError, match="saving a and 2 more"):
+        store.save_states(polls)
+    # EXEC does not roll back a command that failed on its own: the others were written.
+    assert [s.status for s in store.source_states(["a", "c"])] == [304, 304]
+
+
+def test_previous_guids_many_reads_each_source_in_order(store: Store) -> None:
+    entry = make_entry("x", source="a")
+    store.save_poll("a", [entry], {}, T0, guids={"https://a.example/1": "g1"})
+    store.save_poll("c", [], {}, T0, guids={"https://c.example/1": "g3", "https://c.example/2": ""})
+    assert store.previous_guids_many(["c", "b", "a"]) == [
+        {"https://c.example/1": "g3", "https://c.example/2": ""},
+        {},
+        {"https://a.example/1": "g1"},
+    ]
+    assert store.previous_guids("a") == {"https://a.example/1": "g1"}
+    assert store.previous_guids_many([]) == []
+
+
+# --- host slots ------------------------------------------------------------------------------
+
+
+def slot(host: str, token: str, now: float = 1000.0, concurrency: int = 2) -> HostSlotRequest:
+    return HostSlotRequest(host, token, now, lease=30, concurrency=concurrency, per_minute=100)
+
+
+def test_take_host_slots_counts_the_requests_of_one_batch_against_each_other(
+    store: Store,
+) -> None:
+    requests = [slot("h.example", "t1"), slot("h.example", "t2"), slot("h.example", "t3")]
+    requests.append(slot("other.example", "o1"))  # another host is not held up
+    waits = store.take_host_slots(requests)
+    assert waits[:2] == [0, 0] and waits[3] == 0
+    assert waits[2] > 0
+    # Given back, in one batch with one never held: the host has room again.
+    assert store.release_host_slots([("h.example", "t1"), ("h.example", "t2"), ("x", "y")]) == [
+        None,
+        None,
+        None,
+    ]
+    assert store.take_host_slots([slot("h.example", "t3", 1001.0)]) == [0]
+    assert store.take_host_slots([]) == [] and store.release_host_slots([]) == []
+
+
+def test_take_host_slots_applies_the_per_minute_limit_within_a_batch(store: Store) -> None:
+    requests = [HostSlotRequest("h.example", f"t{i}", 1000.0 + i, 30, 10, 2) for i in range(3)]
+    first, second, third = store.take_host_slots(requests)
+    assert (first, second) == (0, 0)
+    assert 57 <= third <= 59  # the oldest start (1000) leaves the window at 1060; now is 1002
+
+
+def test_take_host_slots_reloads_a_script_the_server_lost(store: Store, raw: redis.Redis) -> None:
+    assert store.take_host_slots([slot("h.example", "t1")]) == [0]
+    raw.script_flush()  # as after a restart of Redis
+    waits = store.take_host_slots([slot("h.example", "t2"), slot("h.example", "t3")])
+    assert waits[0] == 0 and waits[1] > 0  # each ran once: t1 and t2 hold both slots
+    assert raw.zrange(keys.host_inflight("h.example"), 0, -1) == ["t1", "t2"]
+
+
 # --- scheduling ------------------------------------------------------------------------------
 
 
@@ -496,6 +583,10 @@ def test_unreachable_redis_raises_storage_error(dead_store: Store) -> None:
     calls: list[Callable[[], object]] = [
         lambda: dead_store.save_poll("src", [make_entry("a")], {"status": 200}, T0),
         lambda: dead_store.save_state("src", {"status": 200}, T0),
+        lambda: dead_store.save_states([("src", {"status": 200}, T0)]),
+        lambda: dead_store.previous_guids_many(["src"]),
+        lambda: dead_store.take_host_slots([slot("h.example", "t")]),
+        lambda: dead_store.release_host_slots([("h.example", "t")]),
         lambda: dead_store.entries("all"),
         lambda: dead_store.entry("a"),
         lambda: dead_store.count("tag", "t1"),
