@@ -608,12 +608,12 @@ def test_ping_true_when_reachable(store: Store) -> None:
 
 
 def test_entries_are_stored_compressed_and_plain_json_still_reads(store: Store) -> None:
-    from aggregator.models import ZLIB_MARK
+    from aggregator.models import ZSTD_MARK
 
     e = make_entry("z", content="<p>" + "经济日报 " * 200 + "</p>")
     store.save_poll("src", [e], STATE, None)
     blob = store.binary.get(keys.entry("z"))
-    assert isinstance(blob, bytes) and blob[:1] == ZLIB_MARK
+    assert isinstance(blob, bytes) and blob[:1] == ZSTD_MARK
     assert len(blob) < len(e.to_json().encode()) / 4
     store.binary.set(keys.entry("z"), e.to_json().encode())  # as written before compression
     assert store.entry("z") == e
