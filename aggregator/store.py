@@ -15,6 +15,7 @@ surfaces as StorageError.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -109,6 +110,17 @@ class Lifetimes:
         return cls(canon=seconds, tombstone=max(seconds, 30 * DAY))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Address:
+    """Where a store is: enough to connect to it again from another process."""
+
+    url: str
+    lifetimes: Lifetimes
+
+
+_OPEN: dict[Address, Store] = {}  # `Store.at`: one store per address in each process
+
+
 def connect(url: str, *, text: bool = True) -> redis.Redis | RedisCluster:
     """A client for `url`; `redis+cluster://host:port` selects Redis Cluster. `text` clients
     answer str; the others bytes (stored entries are compressed)."""
@@ -166,12 +178,32 @@ class Store:
         self.client = client
         self.binary = binary
         self.lifetimes = lifetimes or Lifetimes()
+        self.address: Address | None = None  # set by `from_url`
         self._claim = client.register_script(_CLAIM)
         self._host_slot = client.register_script(_HOST_SLOT)
 
     @classmethod
     def from_url(cls, url: str, lifetimes: Lifetimes | None = None) -> Store:
-        return cls(connect(url), connect(url, text=False), lifetimes)
+        store = cls(connect(url), connect(url, text=False), lifetimes)
+        store.address = Address(url, store.lifetimes)
+        return store
+
+    @classmethod
+    def at(cls, address: Address) -> Store:
+        """This process's store at `address`, connected once (for pool workers: a Store's
+        connections cannot cross a process boundary, its address can)."""
+        found = _OPEN.get(address)
+        if found is None:
+            found = _OPEN[address] = cls.from_url(address.url, address.lifetimes)
+        return found
+
+    def forget(self) -> None:
+        """Drop this process's connections after a call was cut short (a time bound may have
+        stopped it between a command and its reply): the next use reconnects."""
+        if self.address is not None:
+            _OPEN.pop(self.address, None)
+        with contextlib.suppress(Exception):
+            self.close()
 
     def close(self) -> None:
         self.client.close()

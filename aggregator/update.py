@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,12 +25,12 @@ from aggregator import identity, schedule
 from aggregator.batch import Batcher
 from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
-from aggregator.errors import ParseError, SourceError
+from aggregator.errors import ParseError, SourceError, StorageError
 from aggregator.fetch import Fetcher
 from aggregator.models import Entry, FetchResult, NotModified, SourceState
 from aggregator.normalize import future_dated, normalize
 from aggregator.parse import parse
-from aggregator.store import HostSlotRequest, StateWrite, Store
+from aggregator.store import Address, HostSlotRequest, StateWrite, Store
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +114,69 @@ def process(
     return Processed(entries, id_mode, problem, guids, feed.ttl, future_dated(feed, fetched_at))
 
 
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """A document that changed since the last poll, and what the poll knows besides."""
+
+    source: Source
+    fetched: FetchResult
+    fetched_at: datetime
+    id_mode: str  # the source's identity mode so far
+    state: dict[str, str | int | float]  # what the poll records, but for the entries
+    interval: float  # the source's configured interval, in seconds
+    retention: tuple[int, float]  # the category's max entries and max age (seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What storing a changed document did."""
+
+    entries: int
+    new: int
+    updated: int
+
+
+def store_changed(store: Store | Address, changed: Changed) -> Stored:
+    """Parse, normalize and save one changed document, then keep its category to retention.
+    Run in a parse-pool worker (given the store's address), this is all the work a poll does
+    with entries: the polling process only fetches and sends the bytes here. A source whose
+    guids turn out unusable switches to link identity, for good."""
+    target = store if isinstance(store, Store) else Store.at(store)
+    source, fetched, now = changed.source, changed.fetched, changed.fetched_at
+    try:
+        processed = process(
+            source,
+            fetched.body,
+            fetched.final_url,
+            fetched.content_type,
+            now,
+            changed.id_mode,
+            target.previous_guids(source.name),
+        )
+        state = {
+            **changed.state,
+            "entries": len(processed.entries),
+            "id_mode": processed.id_mode,
+            "future_dated": processed.future_dated,
+        }
+        if processed.guid_problem:
+            state["id_note"] = f"ids from links: {processed.guid_problem}"
+        interval = schedule.polite_interval(changed.interval, fetched.max_age, processed.ttl)
+        result = target.save_poll(
+            source.name,
+            processed.entries,
+            state,
+            schedule.next_due(now, interval),
+            guids=processed.guids,
+        )
+        target.enforce_retention(source.category_name, *changed.retention, now)
+    except BaseException:
+        if target is not store:
+            target.forget()  # a bound may have cut a Redis reply short: reconnect next time
+        raise
+    return Stored(len(processed.entries), result.new, result.updated)
+
+
 class Updater:
     def __init__(
         self,
@@ -139,13 +201,11 @@ class Updater:
         self._take_slots: Batcher[HostSlotRequest, float] = Batcher(store.take_host_slots)
         self._release_slots: Batcher[tuple[str, str], None] = Batcher(store.release_host_slots)
         self._save_states: Batcher[StateWrite, None] = Batcher(store.save_states)
-        self._read_guids: Batcher[str, dict[str, str]] = Batcher(store.previous_guids_many)
 
     async def poll(self, source: Source) -> Outcome:
         """Poll one source now and record the result. Never raises for the source's own faults;
         a StorageError (Redis gone) does propagate: nothing could be recorded."""
         started = time.perf_counter()
-        store = self.store
         previous = await self._read_states(source.name)
         now = self.clock()
         interval = self.config.interval(source)
@@ -188,41 +248,27 @@ class Updater:
                     True, int(state["status"]), entries=previous.entries, not_modified=True
                 )
             assert isinstance(fetched, FetchResult)
-            processed = await self._process(source, fetched, now, previous.id_mode)
+            retention = self.config.settings.retention
+            changed = Changed(
+                source,
+                fetched,
+                now,
+                previous.id_mode,
+                {
+                    **state,
+                    **succeeded,
+                    "status": fetched.status,
+                    "final_url": fetched.final_url,
+                    "body_hash": _hash(fetched.body),
+                },
+                interval,
+                (retention.max_entries, retention.max_age),
+            )
+            stored = await self._store_changed(changed)
         except SourceError as err:
             return await self._failed(source, err, previous.failures + 1, now, state, outcome)
-        entries = processed.entries
-        state.update(succeeded)
-        state.update(
-            status=fetched.status,
-            entries=len(entries),
-            final_url=fetched.final_url,
-            id_mode=processed.id_mode,
-            body_hash=_hash(fetched.body),
-        )
-        if processed.guid_problem:
-            state["id_note"] = f"ids from links: {processed.guid_problem}"
-        state["future_dated"] = processed.future_dated
-        due = schedule.next_due(
-            now, schedule.polite_interval(interval, fetched.max_age, processed.ttl)
-        )
-        result = await asyncio.to_thread(
-            functools.partial(store.save_poll, guids=processed.guids),
-            source.name,
-            entries,
-            state,
-            due,
-        )
-        retention = self.config.settings.retention
-        await asyncio.to_thread(
-            store.enforce_retention,
-            source.category_name,
-            retention.max_entries,
-            retention.max_age,
-            now,
-        )
         return outcome(
-            True, fetched.status, entries=len(entries), new=result.new, updated=result.updated
+            True, fetched.status, entries=stored.entries, new=stored.new, updated=stored.updated
         )
 
     async def _failed(
@@ -276,35 +322,31 @@ class Updater:
             finally:
                 await self._release_slots((host, token))
 
-    async def _process(
-        self, source: Source, fetched: FetchResult, now: datetime, id_mode: str
-    ) -> Processed:
-        previous_guids = await self._read_guids(source.name)
-        args = (
-            source,
-            fetched.body,
-            fetched.final_url,
-            fetched.content_type,
-            now,
-            id_mode,
-            previous_guids,
-        )
+    async def _store_changed(self, changed: Changed) -> Stored:
+        """`store_changed` in the parse pool (so that this process, which runs every poll's
+        I/O, spends no CPU on entries), else in a thread."""
+        url = changed.fetched.final_url
+        executor, address = self.executor, self.store.address
+        # A worker process reaches the store by its address; a thread shares this one.
+        target: Store | Address = self.store
+        if isinstance(executor, ParsePool | ProcessPoolExecutor) and address is not None:
+            target = address
         try:
-            if self.executor is None:
-                return process(*args)
-            if isinstance(self.executor, ParsePool):
+            if isinstance(executor, ParsePool) and target is address:
                 # A parse past its time or memory bound, or one that killed its worker, comes
                 # back as ParseError(final_url, reason): recorded like any parse failure.
-                return await self.executor.run(fetched.final_url, process, *args)
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, process, *args)
-        except SourceError:
+                return await executor.run(url, store_changed, target, changed)
+            if executor is not None:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(executor, store_changed, target, changed)
+            return await asyncio.to_thread(store_changed, target, changed)
+        except (SourceError, StorageError):
             raise
         except Exception as err:
             # A bug of ours met by this document: recorded on this source like any parse
             # failure (so one odd feed never stops the rest), and logged with its traceback.
-            log.exception("parsing %s failed unexpectedly", fetched.final_url)
-            raise ParseError(fetched.final_url, f"internal error: {type(err).__name__}") from err
+            log.exception("parsing %s failed unexpectedly", url)
+            raise ParseError(url, f"internal error: {type(err).__name__}") from err
 
     async def poll_many(
         self,
