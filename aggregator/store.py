@@ -83,6 +83,8 @@ class HostSlotRequest:
 
 # One poll that stored no entries, for `Store.save_states`: source, state fields, next due.
 StateWrite = tuple[str, Mapping[str, str | int | float], datetime | None]
+# A request slot taken with `take_host_slots`: (host, token).
+HostSlot = tuple[str, str]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -259,12 +261,19 @@ class Store:
         """Record many polls that stored no entries, in one MULTI/EXEC: the writes `save_poll`
         makes for such a poll, for each (source, state, next due time) in order. Nothing is
         read first, so nothing is WATCHed and there is nothing to retry."""
+        return self.finish_polls([(poll, None) for poll in polls])
+
+    def finish_polls(self, polls: Sequence[tuple[StateWrite, HostSlot | None]]) -> list[None]:
+        """`save_states`, each poll also giving back the request slot it names (if any) in the
+        same MULTI/EXEC: a poll that ends with its state costs one round trip, not two."""
         if not polls:
             return []
-        with _storage_errors(f"saving {_some(source for source, _, _ in polls)}"):
+        with _storage_errors(f"saving {_some(source for (source, _, _), _ in polls)}"):
             pipe: Any = self.client.pipeline(transaction=True)
-            for source, state, next_due in polls:
+            for (source, state, next_due), slot in polls:
                 _queue_state(pipe, source, state, next_due)
+                if slot is not None:
+                    _queue_release(pipe, slot)
             pipe.execute()
         return [None] * len(polls)
 
@@ -415,8 +424,7 @@ class Store:
         with _storage_errors("reading source states"):
             pipe = self.client.pipeline(transaction=False)
             for name in names:
-                pipe.hgetall(keys.source(name))
-                pipe.zscore(keys.DUE, name)
+                _queue_state_read(pipe, name)
             replies = pipe.execute()
         return [_state(name, replies[2 * i], replies[2 * i + 1]) for i, name in enumerate(names)]
 
@@ -474,50 +482,99 @@ class Store:
         if not requests:
             return []
         with _storage_errors(f"taking a request slot for {_some(r.host for r in requests)}"):
-            waits = self._host_slot_replies(requests)
-            lost = [i for i, wait in enumerate(waits) if isinstance(wait, NoScriptError)]
-            if lost:
-                # A server that lost its scripts (restarted, SCRIPT FLUSH) ran none of those
-                # it did not know: load the script and send them again.
-                self._host_slot.sha = str(self.client.script_load(_HOST_SLOT))
-                again = self._host_slot_replies([requests[i] for i in lost])
-                for i, wait in zip(lost, again, strict=True):
-                    waits[i] = wait
-            for wait in waits:
-                if isinstance(wait, Exception):
-                    raise wait
+            waits = self._host_slot_waits(requests, self._host_slot_replies(requests))
+            self._raise_first_error(requests, waits, waits)
         return [float(wait) for wait in waits]
 
+    def start_polls(
+        self, starts: Sequence[tuple[str, HostSlotRequest]]
+    ) -> list[tuple[SourceState, float]]:
+        """`source_states` and `take_host_slots` in one round trip: for each (source, request),
+        the source's state and the request's wait (0 when the slot is ours)."""
+        if not starts:
+            return []
+        requests = [request for _, request in starts]
+        action = f"reading source states of {_some(n for n, _ in starts)} and taking their slots"
+        with _storage_errors(action):
+            pipe = self.client.pipeline(transaction=False)
+            for name, request in starts:
+                _queue_state_read(pipe, name)
+                self._queue_host_slot(pipe, request)
+            replies = pipe.execute(raise_on_error=False)
+            states, dues = replies[0::3], replies[1::3]
+            waits = self._host_slot_waits(requests, replies[2::3])
+            self._raise_first_error(requests, waits, [*states, *dues, *waits])
+        return [
+            (_state(name, data, due), float(wait))
+            for (name, _), data, due, wait in zip(starts, states, dues, waits, strict=True)
+        ]
+
+    def _queue_host_slot(self, pipe: Any, r: HostSlotRequest) -> None:
+        """Queue the host slot script for one request. EVALSHA itself, not the Script object:
+        a Script in a pipeline first asks SCRIPT EXISTS, a round trip of its own on every
+        batch."""
+        pipe.evalsha(
+            self._host_slot.sha,
+            2,
+            keys.host_inflight(r.host),
+            keys.host_recent(r.host),
+            r.now,
+            r.now + r.lease,
+            r.token,
+            r.concurrency,
+            r.per_minute,
+        )
+
     def _host_slot_replies(self, requests: Sequence[HostSlotRequest]) -> list[Any]:
-        """One pipeline of the host slot script, its replies (errors among them) in order.
-        EVALSHA itself, not the Script object: a Script in a pipeline first asks SCRIPT
-        EXISTS, a round trip of its own on every batch."""
+        """One pipeline of the host slot script, its replies (errors among them) in order."""
         pipe = self.client.pipeline(transaction=False)
         for r in requests:
-            pipe.evalsha(
-                self._host_slot.sha,
-                2,
-                keys.host_inflight(r.host),
-                keys.host_recent(r.host),
-                r.now,
-                r.now + r.lease,
-                r.token,
-                r.concurrency,
-                r.per_minute,
-            )
+            self._queue_host_slot(pipe, r)
         return list(pipe.execute(raise_on_error=False))
+
+    def _host_slot_waits(
+        self, requests: Sequence[HostSlotRequest], replies: Sequence[Any]
+    ) -> list[Any]:
+        """The script's `replies` to `requests`, those a server that lost its scripts
+        (restarted, SCRIPT FLUSH) did not run sent again with the script loaded."""
+        waits = list(replies)
+        lost = [i for i, wait in enumerate(waits) if isinstance(wait, NoScriptError)]
+        if lost:
+            self._host_slot.sha = str(self.client.script_load(_HOST_SLOT))
+            again = self._host_slot_replies([requests[i] for i in lost])
+            for i, wait in zip(lost, again, strict=True):
+                waits[i] = wait
+        return waits
+
+    def _raise_first_error(
+        self, requests: Sequence[HostSlotRequest], waits: Sequence[Any], replies: Sequence[Any]
+    ) -> None:
+        """Raise the first error among `replies`, if any, once the slots that `requests` did
+        take are given back: the batch fails for every caller, and none learns it has one."""
+        error = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if error is None:
+            return
+        taken = [
+            (r.host, r.token)
+            for r, wait in zip(requests, waits, strict=True)
+            if not isinstance(wait, Exception) and float(wait) <= 0
+        ]
+        self.release_host_slots(taken)
+        raise error
 
     def release_host_slot(self, host: str, token: str) -> None:
         self.release_host_slots([(host, token)])
 
-    def release_host_slots(self, slots: Sequence[tuple[str, str]]) -> list[None]:
-        """Give back each (host, token) slot, in one round trip."""
+    def release_host_slots(self, slots: Sequence[HostSlot], *, started: bool = True) -> list[None]:
+        """Give back each (host, token) slot, in one round trip. A slot given back unused
+        (`started=False`: no request was made with it) leaves the host's per-minute count
+        too."""
         if not slots:
             return []
         with _storage_errors(f"releasing a request slot for {_some(host for host, _ in slots)}"):
             pipe = self.client.pipeline(transaction=False)
-            for host, token in slots:
-                pipe.zrem(keys.host_inflight(host), token)
+            for slot in slots:
+                _queue_release(pipe, slot, started)
             pipe.execute()
         return [None] * len(slots)
 
@@ -544,6 +601,20 @@ def _queue_state(
         pipe.hincrby(keys.source(source), "stored", new)
     if next_due is not None:
         pipe.zadd(keys.DUE, {source: _ts(next_due)})
+
+
+def _queue_release(pipe: Any, slot: HostSlot, started: bool = True) -> None:
+    """Queue the giving back of one request slot (see `Store.release_host_slots`)."""
+    host, token = slot
+    pipe.zrem(keys.host_inflight(host), token)
+    if not started:
+        pipe.zrem(keys.host_recent(host), token)
+
+
+def _queue_state_read(pipe: Any, source: str) -> None:
+    """Queue the reads of one source's state: its hash and its due time (see `_state`)."""
+    pipe.hgetall(keys.source(source))
+    pipe.zscore(keys.DUE, source)
 
 
 def _state(name: str, data: dict[str, str], due: float | None) -> SourceState:

@@ -9,14 +9,13 @@ handed in by the caller; the fetches are asynchronous.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +29,7 @@ from aggregator.fetch import Fetcher
 from aggregator.models import Entry, FetchResult, NotModified, SourceState
 from aggregator.normalize import future_dated, normalize
 from aggregator.parse import parse
-from aggregator.store import Address, HostSlotRequest, StateWrite, Store
+from aggregator.store import Address, HostSlot, HostSlotRequest, StateWrite, Store
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +56,10 @@ def _hash(body: bytes) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,19 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
     return Stored(len(processed.entries), result.new, result.updated)
 
 
+@dataclass(eq=False, slots=True)
+class _Slot:
+    """A poll's request slot of one host (settings.per_host, counted in Redis across workers)
+    and this process's gate for that host, held from before the slot is asked for until it
+    has been given back (`Updater._give_back`): once, however the poll ends."""
+
+    host: str
+    gate: asyncio.Semaphore  # acquired before this object is made
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    taken: bool = False  # Redis counts the slot against the host
+    open: bool = True  # not given back yet: the gate is held
+
+
 class Updater:
     def __init__(
         self,
@@ -195,18 +211,26 @@ class Updater:
         # This process's share of each host's slots: only as many polls as a host may have
         # under way ask Redis for a slot; the rest wait here, costing no Redis calls.
         self._host_gates: dict[str, asyncio.Semaphore] = {}
+        # The host each source's last poll here fetched from: where the next one takes its
+        # slot before it reads the source's state (see `_start`).
+        self._fetch_hosts: dict[str, str] = {}
         # The small Redis calls of concurrent polls, each kind sent together (group commit):
-        # one thread hop and one round trip per batch instead of per poll.
-        self._read_states: Batcher[str, SourceState] = Batcher(store.source_states)
+        # one thread hop and one round trip per batch instead of per poll. A poll that gets a
+        # 304 makes two: `_start_polls` and `_finish_polls`; the others are for the rest.
+        self._start_polls: Batcher[tuple[str, HostSlotRequest], tuple[SourceState, float]] = (
+            Batcher(store.start_polls)
+        )
+        self._finish_polls: Batcher[tuple[StateWrite, HostSlot | None], None] = Batcher(
+            store.finish_polls
+        )
         self._take_slots: Batcher[HostSlotRequest, float] = Batcher(store.take_host_slots)
-        self._release_slots: Batcher[tuple[str, str], None] = Batcher(store.release_host_slots)
-        self._save_states: Batcher[StateWrite, None] = Batcher(store.save_states)
+        self._release_slots: Batcher[HostSlot, None] = Batcher(store.release_host_slots)
 
     async def poll(self, source: Source) -> Outcome:
         """Poll one source now and record the result. Never raises for the source's own faults;
         a StorageError (Redis gone) does propagate: nothing could be recorded."""
         started = time.perf_counter()
-        previous = await self._read_states(source.name)
+        previous, slot = await self._start(source)
         now = self.clock()
         interval = self.config.interval(source)
         url = previous.fetch_url(source.url)
@@ -216,8 +240,7 @@ class Updater:
             return Outcome(source.name, ok, status, seconds=time.perf_counter() - started, **values)
 
         try:
-            async with self._host_slot(url):
-                fetched = await self.fetcher.fetch(url, previous.validators)
+            fetched = await self.fetcher.fetch(url, previous.validators)
             # The server's new validators are kept only once this answer has been read whole:
             # after a parse failure the next poll must fetch the document again, not get a 304.
             succeeded: dict[str, str | int | float] = {
@@ -243,11 +266,12 @@ class Updater:
                 state.update(succeeded)
                 state["status"] = 304 if isinstance(fetched, NotModified) else fetched.status
                 due = schedule.next_due(now, schedule.polite_interval(interval, fetched.max_age))
-                await self._save_states((source.name, state, due))
+                await self._give_back(slot, (source.name, state, due))
                 return outcome(
                     True, int(state["status"]), entries=previous.entries, not_modified=True
                 )
             assert isinstance(fetched, FetchResult)
+            await self._give_back(slot)  # a slot is never held while a document is parsed
             retention = self.config.settings.retention
             changed = Changed(
                 source,
@@ -266,7 +290,9 @@ class Updater:
             )
             stored = await self._store_changed(changed)
         except SourceError as err:
-            return await self._failed(source, err, previous.failures + 1, now, state, outcome)
+            return await self._failed(source, err, previous.failures + 1, now, state, slot, outcome)
+        finally:
+            await self._give_back(slot)  # unless it was: a poll that raised gives it back here
         return outcome(
             True, fetched.status, entries=stored.entries, new=stored.new, updated=stored.updated
         )
@@ -278,6 +304,7 @@ class Updater:
         failures: int,
         now: datetime,
         state: dict[str, str | int | float],
+        slot: _Slot,
         outcome: Callable[..., Outcome],
     ) -> Outcome:
         status = getattr(err, "status", None) or 0
@@ -294,33 +321,77 @@ class Updater:
                 failures,
                 retry_after=getattr(err, "retry_after", None),
             )
-        await self._save_states((source.name, state, due))
+        await self._give_back(slot, (source.name, state, due))
         return outcome(False, status, error=str(err))
 
-    @contextlib.asynccontextmanager
-    async def _host_slot(self, url: str) -> AsyncIterator[None]:
-        """Hold one of the host's request slots (settings.per_host, across all workers)."""
-        host = (urlsplit(url).hostname or "").lower()
-        limits = self.config.settings.per_host
+    async def _start(self, source: Source) -> tuple[SourceState, _Slot]:
+        """The source's state, and a request slot of the host its poll fetches from: one
+        batched call for both. Which URL a poll fetches is in the state (a remembered
+        permanent redirect), so the slot is taken for the host of the last poll here, else of
+        the configured URL; when the state names another (rare: a new redirect, or the first
+        poll here of a moved source), that slot goes back unused and the right one is taken."""
+        slot = await self._enter(self._fetch_hosts.get(source.name) or _host(source.url))
+        try:
+            previous, wait = await self._start_polls((source.name, self._slot_request(slot)))
+            slot.taken = wait <= 0
+            host = self._fetch_hosts[source.name] = _host(previous.fetch_url(source.url))
+            if host != slot.host:
+                await self._give_back(slot, started=False)
+                slot = await self._enter(host)
+                wait = await self._take(slot)
+            while wait > 0:
+                await asyncio.sleep(min(wait, 5.0))
+                wait = await self._take(slot)
+        except BaseException:
+            await self._give_back(slot)
+            raise
+        return previous, slot
+
+    async def _enter(self, host: str) -> _Slot:
+        """Wait for this process's share of `host`'s slots (settings.per_host): only as many
+        polls as the host may have under way ask Redis for a slot."""
         gate = self._host_gates.get(host)
         if gate is None:
-            gate = self._host_gates[host] = asyncio.Semaphore(limits.concurrency)
-        token = uuid.uuid4().hex
+            gate = self._host_gates[host] = asyncio.Semaphore(
+                self.config.settings.per_host.concurrency
+            )
+        await gate.acquire()
+        return _Slot(host, gate)
+
+    def _slot_request(self, slot: _Slot) -> HostSlotRequest:
+        limits = self.config.settings.per_host
         lease = self.config.settings.timeout + 30
-        async with gate:
-            while True:
-                wait = await self._take_slots(
-                    HostSlotRequest(
-                        host, token, time.time(), lease, limits.concurrency, limits.per_minute
-                    )
-                )
-                if wait <= 0:
-                    break
-                await asyncio.sleep(min(wait, 5.0))
-            try:
-                yield
-            finally:
-                await self._release_slots((host, token))
+        return HostSlotRequest(
+            slot.host, slot.token, time.time(), lease, limits.concurrency, limits.per_minute
+        )
+
+    async def _take(self, slot: _Slot) -> float:
+        """Ask Redis for the slot: 0 when it is ours, else the seconds to wait."""
+        wait = await self._take_slots(self._slot_request(slot))
+        slot.taken = wait <= 0
+        return wait
+
+    async def _give_back(
+        self, slot: _Slot, write: StateWrite | None = None, *, started: bool = True
+    ) -> None:
+        """Give `slot` back unless it already was, then release its gate; with `write`, in
+        the transaction that records the poll (which is made either way). `started=False`:
+        no request was made with it. Should Redis fail meanwhile, the slot lapses with its
+        lease: it is never given back twice."""
+        release = (slot.host, slot.token) if slot.open and slot.taken else None
+        gate = slot.gate if slot.open else None
+        slot.open = False
+        try:
+            if write is not None:
+                await self._finish_polls((write, release))
+            elif release is not None and started:
+                await self._release_slots(release)
+            elif release is not None:
+                # Rare (see `_start`): not worth a batch of its own.
+                await asyncio.to_thread(self.store.release_host_slots, [release], started=False)
+        finally:
+            if gate is not None:
+                gate.release()
 
     async def _store_changed(self, changed: Changed) -> Stored:
         """`store_changed` in the parse pool (so that this process, which runs every poll's

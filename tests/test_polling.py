@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+from aggregator import keys
 from aggregator.config import Config
 from aggregator.fetch import Fetcher
 from aggregator.models import SourceState
@@ -230,6 +231,25 @@ def test_per_host_rate_is_a_sliding_minute(store: Store) -> None:
     assert take("c.example", "a", 2000.0, 30, 1, 100) == 0
     assert take("c.example", "b", 2001.0, 30, 1, 100) > 0
     assert take("c.example", "b", 2031.0, 30, 1, 100) == 0
+
+
+def test_a_poll_waits_for_room_in_the_hosts_minute(
+    write_config: ConfigWriter, feed_server: FeedServer, store: Store
+) -> None:
+    # Other workers made the minute's 3 requests to the host; the oldest leaves it in 1 s.
+    config = write_config.write(
+        [{"name": "a", "url": feed_server.url("rss2.xml")}],
+        settings={"per_host": {"concurrency": 2, "per_minute": 3}},
+    )
+    now = time.time()
+    recent = keys.host_recent("127.0.0.1")
+    store.client.zadd(recent, {"w1": now - 59, "w2": now - 30, "w3": now - 1})
+    started = time.monotonic()
+    (outcome,) = poll(config, store, "a")
+    assert outcome.ok and outcome.new == 3
+    assert time.monotonic() - started >= 0.5  # its start found no room: it waited, then took
+    assert "w1" not in store.client.zrange(recent, 0, -1) and store.client.zcard(recent) == 3
+    assert store.client.zcard(keys.host_inflight("127.0.0.1")) == 0
 
 
 def test_status_says_moved_gone_and_failing(

@@ -14,7 +14,14 @@ from aggregator import keys
 from aggregator import store as store_module
 from aggregator.errors import StorageError
 from aggregator.models import Author, Entry, Validators, entry_digest
-from aggregator.store import MAX_ATTEMPTS, HostSlotRequest, SaveResult, StateWrite, Store
+from aggregator.store import (
+    MAX_ATTEMPTS,
+    HostSlot,
+    HostSlotRequest,
+    SaveResult,
+    StateWrite,
+    Store,
+)
 from tests.conftest import free_port
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -402,6 +409,78 @@ def test_take_host_slots_reloads_a_script_the_server_lost(store: Store, raw: red
     assert raw.zrange(keys.host_inflight("h.example"), 0, -1) == ["t1", "t2"]
 
 
+def test_a_slot_given_back_unused_leaves_the_per_minute_count_too(
+    store: Store, raw: redis.Redis
+) -> None:
+    assert store.take_host_slots([slot("h.example", "t1"), slot("h.example", "t2")]) == [0, 0]
+    store.release_host_slots([("h.example", "t1")])
+    store.release_host_slots([("h.example", "t2")], started=False)
+    assert raw.zcard(keys.host_inflight("h.example")) == 0
+    assert raw.zrange(keys.host_recent("h.example"), 0, -1) == ["t1"]  # t1 made its request
+
+
+# --- starting and finishing polls --------------------------------------------------------------
+
+
+def test_start_polls_reads_states_and_takes_slots_in_one_round_trip(
+    store: Store, raw: redis.Redis
+) -> None:
+    store.save_state("a", {"status": 304, "failures": 2}, T0)
+    starts = [("a", slot("h.example", "t1")), ("b", slot("h.example", "t2"))]
+    starts.append(("c", slot("h.example", "t3")))  # the host's two slots are taken by then
+    (a, wait_a), (b, wait_b), (c, wait_c) = store.start_polls(starts)
+    assert (a.name, a.status, a.failures, a.next_due) == ("a", 304, 2, T0)
+    assert (b.name, b.status, b.next_due) == ("b", 0, None) and c.name == "c"
+    assert (wait_a, wait_b) == (0, 0) and wait_c > 0
+    assert raw.zrange(keys.host_inflight("h.example"), 0, -1) == ["t1", "t2"]
+    assert store.start_polls([]) == []
+
+
+def test_start_polls_reloads_a_script_the_server_lost(store: Store, raw: redis.Redis) -> None:
+    raw.script_flush()  # as after a restart of Redis
+    ((state, wait),) = store.start_polls([("a", slot("h.example", "t1"))])
+    assert (state.name, wait) == ("a", 0)
+    assert raw.zrange(keys.host_inflight("h.example"), 0, -1) == ["t1"]
+
+
+def test_start_polls_that_fails_gives_back_the_slots_it_took(
+    store: Store, raw: redis.Redis
+) -> None:
+    raw.set(keys.source("b"), "not a hash")  # this source's state cannot be read
+    starts = [("a", slot("h.example", "t1")), ("b", slot("h.example", "t2"))]
+    with pytest.raises(StorageError, match="reading source states of a and 1 more"):
+        store.start_polls(starts)
+    # No caller learns it holds a slot: none is left held.
+    assert raw.zcard(keys.host_inflight("h.example")) == 0
+
+
+def test_finish_polls_records_states_and_gives_back_slots_together(
+    store: Store, raw: redis.Redis
+) -> None:
+    assert store.take_host_slots([slot("h.example", "t1"), slot("h.example", "t2")]) == [0, 0]
+    later = T0 + timedelta(minutes=15)
+    polls: list[tuple[StateWrite, HostSlot | None]] = [
+        (("a", {"status": 304}, later), ("h.example", "t1")),
+        (("b", {"status": 500, "failures": 1}, later), None),  # its slot went back before
+    ]
+    assert store.finish_polls(polls) == [None, None]
+    a, b = store.source_states(["a", "b"])
+    assert (a.status, a.next_due, b.status, b.failures) == (304, later, 500, 1)
+    assert raw.zrange(keys.host_inflight("h.example"), 0, -1) == ["t2"]
+    assert store.finish_polls([]) == []
+
+
+def test_finish_polls_gives_back_the_slot_even_when_the_state_write_fails(
+    store: Store, raw: redis.Redis
+) -> None:
+    assert store.take_host_slots([slot("h.example", "t1")]) == [0]
+    raw.set(keys.source("a"), "not a hash")
+    with pytest.raises(StorageError, match="saving a"):
+        store.finish_polls([(("a", {"status": 304}, T0), ("h.example", "t1"))])
+    # EXEC does not roll back: the slot went back; the caller must not give it back again.
+    assert raw.zcard(keys.host_inflight("h.example")) == 0
+
+
 # --- scheduling ------------------------------------------------------------------------------
 
 
@@ -586,6 +665,8 @@ def test_unreachable_redis_raises_storage_error(dead_store: Store) -> None:
         lambda: dead_store.save_states([("src", {"status": 200}, T0)]),
         lambda: dead_store.previous_guids_many(["src"]),
         lambda: dead_store.take_host_slots([slot("h.example", "t")]),
+        lambda: dead_store.start_polls([("src", slot("h.example", "t"))]),
+        lambda: dead_store.finish_polls([(("src", {"status": 304}, T0), ("h.example", "t"))]),
         lambda: dead_store.release_host_slots([("h.example", "t")]),
         lambda: dead_store.entries("all"),
         lambda: dead_store.entry("a"),
