@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any, Literal
 
 from feedgen.feed import FeedGenerator
@@ -33,6 +34,7 @@ MEDIA_TYPES: dict[Format, str] = {
 GENERATOR = "aggregator"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ATOM = "http://www.w3.org/2005/Atom"
+CONTENT = "http://purl.org/rss/1.0/modules/content/"  # RSS's content:encoded
 OCTETS = "application/octet-stream"
 UNTITLED = "(untitled)"
 _EMAIL = re.compile(r"[^\r\n]+@[^\r\n]+")  # atom.rng: ".+@.+", "." matching no CR or LF
@@ -115,56 +117,34 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
     newest = max((updated(e) for e in entries), default=EPOCH)
     fg.updated(newest)
     fg.lastBuildDate(newest)
-    for entry in entries:
-        fe = fg.add_entry(order="append")
-        page = info.entry_url(entry.id)
-        fe.id(page)
-        fe.guid(page, permalink=True)
-        # Entry text is XML-safe already (normalize strips what XML 1.0 forbids).
-        fe.title(entry.title or UNTITLED)
-        fe.link(href=entry.link or page, rel="alternate")
-        if entry.content:
-            # Escaped rather than CDATA: content may itself contain "]]>".
-            fe.content(entry.content, type="html")
-        if entry.summary:
-            fe.summary(entry.summary, type="html")
-        if entry.published is not None:
-            fe.published(entry.published)
-        fe.updated(updated(entry))
-        if fmt == "rss":
-            fe.pubDate(entry.date)
-    # feedgen's tree builders, not atom_str/rss_str: the tree is finished before it is written
-    # out, once (serializing and parsing it back cost a third of the render).
+    # feedgen writes the feed's head; entries are written here, straight into the tree: its
+    # setters check and convert every value and cost three quarters of the render, and its
+    # entry links lose every attribute but href (an enclosure would become a second
+    # alternate link, which RFC 4287 §4.1.1 forbids).
     root, _ = fg._create_atom() if fmt == "atom" else fg._create_rss()
-    _finish_xml(fmt, info, entries, root)
+    if fmt == "atom":
+        for entry in entries:
+            _atom_entry(root, entry, info)
+    else:
+        channel = root.find("channel")
+        assert channel is not None
+        for entry in entries:
+            _rss_item(channel, entry, info)
+    _paging_links(fmt, info, root)
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 
-def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], root: Any) -> None:
-    """What feedgen 1.0.0 cannot write. Its Atom entry links lose every attribute but href (an
-    enclosure would become a second alternate link, which RFC 4287 §4.1.1 forbids), and its
-    RSS channel carries no atom:link but rel="self". So entry links (alternate and enclosures,
-    with type and length) and the channel's paging and hub links are written here.
+def _paging_links(fmt: Format, info: FeedInfo, root: Any) -> None:
+    """RFC 5005 paging links and the hub, after the feed's other links: feedgen writes only
+    rel="self" and "alternate" (and the RSS channel no atom:link but self).
 
     feedgen builds its Atom tree without namespaces and declares the Atom namespace as a plain
     `xmlns` attribute on <feed>: the text it writes is namespaced, the tree is not. So Atom
-    elements are named bare here, and the RSS channel's atom:link in full.
-
-    Authors, categories, sources and enclosures are written here too: feedgen's setters for
-    them cost more than the elements themselves (a third of the render)."""
+    elements are named bare here, and the RSS channel's atom:link in full."""
     if fmt == "atom":
-        container = root
-        link_tag = "link"
-        for element, entry in zip(root.iterfind("entry"), entries, strict=True):
-            for link in element.findall("link"):
-                element.remove(link)
-            _atom_entry_extras(element, entry, info)
+        container, link_tag = root, "link"
     else:
-        container = root.find("channel")
-        assert container is not None
-        link_tag = f"{{{ATOM}}}link"
-        for element, entry in zip(container.iterfind("item"), entries, strict=True):
-            _rss_item_extras(element, entry)
+        container, link_tag = root.find("channel"), f"{{{ATOM}}}link"
     extra = dict(info.paging(fmt))
     if info.hub:
         extra["hub"] = info.hub
@@ -174,6 +154,43 @@ def _finish_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry], root: Any
         link = etree.Element(link_tag, href=href, rel=rel)
         anchor.addnext(link)
         anchor = link
+
+
+def _text_element(parent: Any, tag: str, text: str, **attributes: str) -> None:
+    etree.SubElement(parent, tag, **attributes).text = text
+
+
+def _atom_entry(feed: Any, entry: Entry, info: FeedInfo) -> None:
+    """One <entry> (RFC 4287 §4.1.2). Entry text is XML-safe already (normalize strips what
+    XML 1.0 forbids); HTML goes escaped, not as CDATA: content may itself contain "]]>"."""
+    element = etree.SubElement(feed, "entry")
+    page = info.entry_url(entry.id)
+    _text_element(element, "id", page)
+    _text_element(element, "title", entry.title or UNTITLED)
+    _text_element(element, "updated", updated(entry).isoformat())
+    if entry.content:
+        _text_element(element, "content", entry.content, type="html")
+    if entry.summary:
+        _text_element(element, "summary", entry.summary, type="html")
+    if entry.published is not None:
+        _text_element(element, "published", entry.published.isoformat())
+    _atom_entry_extras(element, entry, info)
+
+
+def _rss_item(channel: Any, entry: Entry, info: FeedInfo) -> None:
+    """One <item>: the summary is the description and the content content:encoded when there
+    are both, else the description is whichever there is."""
+    element = etree.SubElement(channel, "item")
+    page = info.entry_url(entry.id)
+    _text_element(element, "title", entry.title or UNTITLED)
+    _text_element(element, "link", entry.link or page)
+    if entry.summary or entry.content:
+        _text_element(element, "description", entry.summary or entry.content)
+    if entry.summary and entry.content:
+        _text_element(element, f"{{{CONTENT}}}encoded", entry.content)
+    _text_element(element, "guid", page, isPermaLink="true")
+    _text_element(element, "pubDate", format_datetime(entry.date))
+    _rss_item_extras(element, entry)
 
 
 def _atom_entry_extras(element: Any, entry: Entry, info: FeedInfo) -> None:

@@ -653,13 +653,14 @@ class InProcess:
 
 def render_phases(info: FeedInfo, entries: Sequence[Entry], n: int) -> dict[str, float]:
     """Median ms per `render("atom")` in each phase, found by wrapping (for these calls only)
-    feedgen's `atom_str` (feedgen turns what its setters stored into an lxml tree and
-    serializes it), our `_finish_xml` (parse that again, fix the links, serialize again) and
-    `xml_text` (strip characters XML forbids); the rest is the feedgen setter calls."""
+    feedgen's `_create_atom` (the feed's head as an lxml tree), our `_atom_entry` (each entry
+    written into the tree), `_paging_links` and `xml_text` (strip characters XML forbids); the
+    rest is feedgen's setters for the head and the serialization."""
     spent: dict[str, float] = defaultdict(float)
     targets: list[tuple[Any, str, str]] = [
-        (FeedGenerator, "atom_str", "feedgen: lxml tree + serialize (atom_str)"),
-        (render_module, "_finish_xml", "re-parse + fix links + re-serialize (_finish_xml)"),
+        (FeedGenerator, "_create_atom", "feedgen: the feed's head as a tree (_create_atom)"),
+        (render_module, "_atom_entry", "the entries, written into the tree (_atom_entry)"),
+        (render_module, "_paging_links", "paging and hub links (_paging_links)"),
         (render_module, "xml_text", "xml_text() on every string"),
     ]
 
@@ -686,7 +687,7 @@ def render_phases(info: FeedInfo, entries: Sequence[Entry], n: int) -> dict[str,
             per_render["total (with the wrappers)"].append(total * 1000)
             for _, _, label in targets:
                 per_render[label].append(spent[label] * 1000)
-            per_render["feedgen setters, our loop, the rest"].append(
+            per_render["feedgen's setters, serializing, the rest"].append(
                 (total - sum(spent.values())) * 1000
             )
     finally:
