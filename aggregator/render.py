@@ -1,10 +1,10 @@
 """Render: stored entries → the bytes of an Atom 1.0, RSS 2.0 or JSON Feed 1.1 document.
 
-Atom and RSS come from feedgen; JSON Feed is a plain dict. The output depends only on the
-entries and the feed's description, never on the clock, so identical data renders to identical
-bytes (and so to identical ETags on every web worker). feedgen 1.0.0 prepends entries unless told
-`order="append"`, and stamps `updated` with the current time unless given one: both are set
-here. No I/O.
+For Atom and RSS, feedgen writes the feed's head (its `updated` is set here: feedgen would
+stamp the current time) and the entries are written here as escaped text, spliced in before
+the head's end tag; JSON Feed is a plain dict. The output depends only on the entries and the
+feed's description, never on the clock, so identical data renders to identical bytes (and so
+to identical ETags on every web worker). No I/O.
 """
 
 from __future__ import annotations

@@ -654,12 +654,12 @@ class InProcess:
 def render_phases(info: FeedInfo, entries: Sequence[Entry], n: int) -> dict[str, float]:
     """Median ms per `render("atom")` in each phase, found by wrapping (for these calls only)
     feedgen's `_create_atom` (the feed's head as an lxml tree), our `_atom_entry` (each entry
-    written into the tree), `_paging_links` and `xml_text` (strip characters XML forbids); the
+    as escaped text), `_paging_links` and `xml_text` (strip characters XML forbids); the
     rest is feedgen's setters for the head and the serialization."""
     spent: dict[str, float] = defaultdict(float)
     targets: list[tuple[Any, str, str]] = [
         (FeedGenerator, "_create_atom", "feedgen: the feed's head as a tree (_create_atom)"),
-        (render_module, "_atom_entry", "the entries, written into the tree (_atom_entry)"),
+        (render_module, "_atom_entry", "the entries, as escaped text (_atom_entry)"),
         (render_module, "_paging_links", "paging and hub links (_paging_links)"),
         (render_module, "xml_text", "xml_text() on every string"),
     ]
