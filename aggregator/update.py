@@ -9,6 +9,7 @@ handed in by the caller; the fetches are asynchronous.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -58,7 +59,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@functools.lru_cache(maxsize=65536)
 def _host(url: str) -> str:
+    """The host a URL's requests count against (cached: every poll asks, and urlsplit's own
+    cache holds only the last few URLs)."""
     return (urlsplit(url).hostname or "").lower()
 
 
