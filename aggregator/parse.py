@@ -84,7 +84,8 @@ def read_xml(data: bytes, url: str, content_type: str = "", *, fast: bool = True
     limit. Neither sanitizes: that is nh3's job in normalize, which also resolves relative
     links against the document's URL (`ParsedFeed.base`); feedparser resolves them first
     only against an xml:base."""
-    if fast and b"xml:base" not in data:
+    xml_base = b"xml:base" in data
+    if fast and not xml_base:
         try:
             doc = feedparser_rs.parse(data, sanitize_html=False, resolve_relative_uris=False)
         except Exception:  # noqa: BLE001 - feedparser, below, reads it or says why not
@@ -99,7 +100,6 @@ def read_xml(data: bytes, url: str, content_type: str = "", *, fast: bool = True
     media_type = content_type.split(";")[0].strip() or "application/xml"
     # The bytes are UTF-8 now, whatever the header said: tell feedparser so.
     headers = {"content-type": f"{media_type}; charset=utf-8"}
-    xml_base = b"xml:base" in data
     if xml_base:
         # feedparser resolves links, guids and HTML against the document's URL as soon as it
         # knows it; that is left to normalize, but for xml:base, which only feedparser reads.

@@ -430,18 +430,9 @@ class Store:
 
     def previous_guids(self, source: str) -> dict[str, str]:
         """link → guid of the source's entries at its last full poll."""
-        return self.previous_guids_many([source])[0]
-
-    def previous_guids_many(self, sources: Sequence[str]) -> list[dict[str, str]]:
-        """`previous_guids` of each source, in one round trip."""
-        if not sources:
-            return []
-        with _storage_errors(f"reading the guids of {_some(sources)}"):
-            pipe = self.client.pipeline(transaction=False)
-            for source in sources:
-                pipe.hgetall(keys.source_guids(source))
-            replies = pipe.execute()
-        return [{str(k): str(v) for k, v in reply.items()} for reply in replies]
+        with _storage_errors(f"reading the guids of {source}"):
+            reply = self.client.hgetall(keys.source_guids(source))
+        return {str(k): str(v) for k, v in reply.items()}
 
     # --- scheduling -----------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from typing import Any
 
 import yaml
 from procs import free_port, redis_server, stop_process, wait_for_port
+from prose import SECTIONS, Prose
 
 from aggregator import config as config_module
 from aggregator.config import Config, Source
@@ -109,8 +110,8 @@ ZH_WORDS = (
     "降低 物流 供应链 新能源 汽车 电池 光伏 绿色 低碳 转型 消费者 零售 电商 春节 假期 旅游 "
     "文化 体育 教育 医疗 养老 住房 交通 基础设施 港口 铁路 高速公路 机场 区域 协调 合作"
 ).split()
-ZH_PUNCT = ("，", "，", "、", "；")
-SECTIONS = ("news", "business", "world", "tech", "culture", "sport", "opinion")
+PROSE = Prose(WORDS, ZH_WORDS)
+_sentence, _phrase, _slug = PROSE.sentence, PROSE.phrase, PROSE.slug
 AUTHORS = ("Alex Morgan", "Sam Lee", "Jordan Kim", "Taylor Chen", "Robin Patel", "Casey Diaz")
 ZH_AUTHORS = ("王伟", "李娜", "张敏", "刘洋", "陈静", "杨帆")
 
@@ -156,26 +157,6 @@ def farm_specs(count: int) -> list[FeedSpec]:
         else:
             specs.append(FeedSpec(i, FORMATS[(i - (i + 1) // 10) % len(FORMATS)]))
     return specs
-
-
-def _sentence(rng: random.Random, chinese: bool) -> str:
-    if chinese:
-        words = rng.choices(ZH_WORDS, k=rng.randint(6, 14))
-        for at in range(3, len(words), 4):
-            words[at] += rng.choice(ZH_PUNCT)
-        return "".join(words) + "。"
-    text = " ".join(rng.choices(WORDS, k=rng.randint(8, 20)))
-    return text[0].upper() + text[1:] + "."
-
-
-def _phrase(rng: random.Random, chinese: bool) -> str:
-    if chinese:
-        return "".join(rng.choices(ZH_WORDS, k=rng.randint(2, 4)))
-    return " ".join(rng.choices(WORDS, k=rng.randint(2, 4)))
-
-
-def _slug(rng: random.Random) -> str:
-    return "-".join(rng.choices(WORDS, k=3)) + f"-{rng.randint(1000, 99999)}"
 
 
 def _paragraph(rng: random.Random, chinese: bool) -> str:

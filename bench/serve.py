@@ -66,6 +66,7 @@ from feedgen.feed import FeedGenerator
 from flask import Flask
 from procs import free_port, redis_server, stop_process, wait_for_port
 from prometheus_client import REGISTRY
+from prose import SECTIONS, Prose
 
 import aggregator
 from aggregator import config as config_module
@@ -100,8 +101,8 @@ ZH_WORDS = (
     "提升 完善 支持 保障 民生 就业岗位 直播 带货 平台 数据 显示 同比 百分点 亿元 一季度 上半年 "
     "全年 国家 统计局 发布 部门 工作 会议 指出 要求 进一步 优化 营商环境 中小企业 融资 成本"
 ).split()
-ZH_PUNCT = ("，", "，", "、", "；")
-SECTIONS = ("news", "business", "world", "tech", "culture", "sport", "opinion")
+PROSE = Prose(WORDS, ZH_WORDS)
+_sentence, _phrase, _slug = PROSE.sentence, PROSE.phrase, PROSE.slug
 AUTHORS = ("Alex Morgan", "Sam Lee", "Jordan Kim", "Taylor Chen", "Robin Patel", "Casey Diaz")
 ZH_AUTHORS = ("王伟", "李娜", "张敏", "刘洋", "陈静", "杨帆")
 SITE = "https://bench.example"
@@ -136,26 +137,6 @@ def snapshot_package(workdir: Path) -> Path:
 # ------------------------------------------------------------------------------------------
 # Entries: the 100 of the benchmarked category, and the many others of the scaling part.
 # ------------------------------------------------------------------------------------------
-
-
-def _sentence(rng: random.Random, chinese: bool) -> str:
-    if chinese:
-        words = rng.choices(ZH_WORDS, k=rng.randint(6, 14))
-        for at in range(3, len(words), 4):
-            words[at] += rng.choice(ZH_PUNCT)
-        return "".join(words) + "。"
-    text = " ".join(rng.choices(WORDS, k=rng.randint(8, 20)))
-    return text[0].upper() + text[1:] + "."
-
-
-def _phrase(rng: random.Random, chinese: bool) -> str:
-    if chinese:
-        return "".join(rng.choices(ZH_WORDS, k=rng.randint(2, 4)))
-    return " ".join(rng.choices(WORDS, k=rng.randint(2, 4)))
-
-
-def _slug(rng: random.Random) -> str:
-    return "-".join(rng.choices(WORDS, k=3)) + f"-{rng.randint(1000, 99999)}"
 
 
 def _paragraph(rng: random.Random, chinese: bool) -> str:
@@ -318,6 +299,21 @@ def _has_control_socket() -> bool:
     return "--no-control-socket" in helptext
 
 
+def _spawn(
+    cmd: list[str], workdir: Path, env: dict[str, str], output: Path
+) -> subprocess.Popen[bytes]:
+    """`cmd` in `workdir` with `env` added, stdout and stderr into the file `output`."""
+    with open(output, "wb") as out:
+        return subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 @contextmanager
 def gunicorn(
     name: str,
@@ -331,15 +327,7 @@ def gunicorn(
     log_file = workdir / f"gunicorn-{name}.log"
     cmd = [sys.executable, "-m", "gunicorn", *settings.args(port), *extra]
     cmd += ["--log-level", "warning", "--error-logfile", str(log_file), app]
-    with open(workdir / f"gunicorn-{name}.out", "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            env={**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = _spawn(cmd, workdir, env, workdir / f"gunicorn-{name}.out")
     try:
         wait_for_port(port, proc, f"gunicorn ({name})", log_file)
         yield proc
@@ -944,15 +932,7 @@ def py_spy_case(
     cmd = [binary, "record", "--subprocesses", "--gil", "--nonblocking", "--rate", str(SPY_RATE)]
     cmd += ["--format", "raw", "--output", str(out), "--", sys.executable, "-m", "gunicorn"]
     cmd += [*gsettings.args(port), *extra, "--log-level", "warning", app]
-    with open(err, "wb") as log_file:
-        spy = subprocess.Popen(
-            cmd,
-            cwd=workdir,
-            env={**os.environ, **env},
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    spy = _spawn(cmd, workdir, env, err)
     try:
         wait_for_port(port, spy, f"gunicorn under py-spy ({label})", err)
         wait_until_serving(port, path)

@@ -297,18 +297,13 @@ def check_atom(info: FeedInfo, items: list[Entry], data: bytes) -> None:
         links = element.findall(ATOM + "link")
         alternates = [link.get("href") for link in links if link.get("rel") == "alternate"]
         assert alternates == [entry.link or page(info, entry)]
-        content = element.find(ATOM + "content")
-        if entry.content:
-            assert content is not None and content.get("type") == "html"
-            assert text_of(content) == entry.content
-        else:
-            assert content is None
-        summary = element.find(ATOM + "summary")
-        if entry.summary:
-            assert summary is not None and summary.get("type") == "html"
-            assert text_of(summary) == entry.summary
-        else:
-            assert summary is None
+        for tag, value in (("content", entry.content), ("summary", entry.summary)):
+            found = element.find(ATOM + tag)
+            if value:
+                assert found is not None and found.get("type") == "html"
+                assert text_of(found) == value
+            else:
+                assert found is None
         got_authors = element.findall(ATOM + "author")
         assert len(got_authors) == len(entry.authors)
         for got, author in zip(got_authors, entry.authors, strict=True):

@@ -356,17 +356,15 @@ def test_save_states_a_failing_write_fails_the_batch(store: Store, raw: redis.Re
     assert [s.status for s in store.source_states(["a", "c"])] == [304, 304]
 
 
-def test_previous_guids_many_reads_each_source_in_order(store: Store) -> None:
+def test_previous_guids_reads_each_sources_own(store: Store) -> None:
     entry = make_entry("x", source="a")
     store.save_poll("a", [entry], {}, T0, guids={"https://a.example/1": "g1"})
     store.save_poll("c", [], {}, T0, guids={"https://c.example/1": "g3", "https://c.example/2": ""})
-    assert store.previous_guids_many(["c", "b", "a"]) == [
+    assert [store.previous_guids(s) for s in ("c", "b", "a")] == [
         {"https://c.example/1": "g3", "https://c.example/2": ""},
         {},
         {"https://a.example/1": "g1"},
     ]
-    assert store.previous_guids("a") == {"https://a.example/1": "g1"}
-    assert store.previous_guids_many([]) == []
 
 
 # --- host slots ------------------------------------------------------------------------------
@@ -663,7 +661,7 @@ def test_unreachable_redis_raises_storage_error(dead_store: Store) -> None:
         lambda: dead_store.save_poll("src", [make_entry("a")], {"status": 200}, T0),
         lambda: dead_store.save_state("src", {"status": 200}, T0),
         lambda: dead_store.save_states([("src", {"status": 200}, T0)]),
-        lambda: dead_store.previous_guids_many(["src"]),
+        lambda: dead_store.previous_guids("src"),
         lambda: dead_store.take_host_slots([slot("h.example", "t")]),
         lambda: dead_store.start_polls([("src", slot("h.example", "t"))]),
         lambda: dead_store.finish_polls([(("src", {"status": 304}, T0), ("h.example", "t"))]),

@@ -58,9 +58,9 @@ class CountingStore(Store):
         self._count("finish_polls", polls)
         return super().finish_polls(polls)
 
-    def previous_guids_many(self, sources: Sequence[str]) -> list[dict[str, str]]:
-        self._count("previous_guids_many", sources)
-        return super().previous_guids_many(sources)
+    def previous_guids(self, source: str) -> dict[str, str]:
+        self._count("previous_guids", [source])
+        return super().previous_guids(source)
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_concurrent_polls_share_round_trips(
     assert sum(o.new for o in cold) > 0
     # Every poll starts in the same turn: one call reads every state and takes every slot.
     assert counting.calls.pop("start_polls") == [16]
-    assert sum(counting.calls.pop("previous_guids_many")) == 15
+    assert sum(counting.calls.pop("previous_guids")) == 15
     # A changed document's slot goes back before it is parsed; the failure's goes back with
     # its state, and only the failure has a state without entries to record.
     assert sum(counting.calls.pop("release_host_slots")) == 15
