@@ -5,55 +5,71 @@ It sends the stored validators (RFC 9110 §13.1: If-None-Match, If-Modified-Sinc
 buffered beyond `max_bytes`, after decompression, so a gzip bomb stops early too), the redirect
 limit and the User-Agent. It does not parse, and it knows nothing of Redis.
 
-feedparser's own fetching is never used: it has no timeout.
+The HTTP client is pyreqwest (Rust's reqwest and hyper): requests, responses, pooling and
+decompression run on its own threads, outside the GIL, so a cycle of a thousand 304s leaves
+this process's event loop little to do (half the CPU of aiohttp here, bench/POLL.md).
+Redirects are followed here, hop by hop, to tell permanent ones from temporary ones and to
+refuse any that leaves http(s). feedparser's own fetching is never used: it has no timeout.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from types import TracebackType
-
-import aiohttp
+from typing import TYPE_CHECKING
+from urllib.parse import urljoin, urlsplit
 
 from aggregator.config import Settings
 from aggregator.errors import FetchError
 from aggregator.models import FetchResult, NotModified, Validators
+
+if TYPE_CHECKING:
+    from pyreqwest.client import Client
+    from pyreqwest.response import Response
 
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/feed+json, application/rdf+xml;q=0.9,"
     " application/xml;q=0.9, text/xml;q=0.9, application/json;q=0.8, */*;q=0.5"
 )
 MAX_REDIRECTS = 5
-CHUNK = 64 * 1024
+REDIRECTS = frozenset((301, 302, 303, 307, 308))
+PERMANENT = frozenset((301, 308))  # RFC 9110 §15.4.2, §15.4.9
 NO_VALIDATORS = Validators()
 
 
 class Fetcher:
     """An HTTP client shared by every poll of one process. Use as `async with Fetcher(...)`."""
 
-    def __init__(self, settings: Settings, *, max_connections: int = 100) -> None:
+    def __init__(self, settings: Settings, *, max_connections: int = 256) -> None:
         self._settings = settings
         self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._client: Client | None = None
 
     async def __aenter__(self) -> Fetcher:
+        # Loaded here, not with the module: pyreqwest reserves a gigabyte of address space
+        # when imported, which would break the address-space bound of the parse pool's
+        # workers (aggregator/bounded.py), and they import whatever the main module does.
+        from pyreqwest.client import ClientBuilder
+
         settings = self._settings
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            limit_per_host=settings.per_host.concurrency,
-            ttl_dns_cache=300,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=settings.timeout,
-                connect=min(settings.timeout, 10.0),
-                sock_read=settings.timeout,
-            ),
-            headers={"User-Agent": settings.agent, "Accept": ACCEPT},
+        self._client = (
+            ClientBuilder()
+            .user_agent(settings.agent)
+            .default_headers({"Accept": ACCEPT})
+            .max_connections(self._max_connections)
+            .timeout(timedelta(seconds=settings.timeout))
+            .connect_timeout(timedelta(seconds=min(settings.timeout, 10.0)))
+            .follow_redirects(False)  # followed in `fetch`, which must see every hop
+            .gzip(True)
+            .deflate(True)
+            .brotli(True)
             # Cookies are never sent to feeds; a shared jar would leak them between sources.
-            cookie_jar=aiohttp.DummyCookieJar(),
+            .default_cookie_store(False)
+            .no_proxy()  # like a feed reader: no proxy unless configured (none can be, yet)
+            .build()
         )
         return self
 
@@ -63,103 +79,135 @@ class Fetcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def fetch(
         self, url: str, validators: Validators = NO_VALIDATORS
     ) -> FetchResult | NotModified:
         """GET `url`; raise FetchError (with the URL and cause) for anything but 2xx or 304."""
-        if self._session is None:
+        client = self._client
+        if client is None:
             raise RuntimeError("use Fetcher as an async context manager")
-        headers: dict[str, str] = {}
-        if validators.etag:
-            headers["If-None-Match"] = validators.etag
-        if validators.last_modified:
-            headers["If-Modified-Since"] = validators.last_modified
-        limit = self._settings.max_bytes
+        settings = self._settings
+        deadline = time.monotonic() + settings.timeout  # for every hop together
+        hop_url, hops, moved, permanent = url, 0, "", True
         try:
-            async with self._session.get(
-                url,
-                headers=headers,
-                # aiohttp gives up when the count *reaches* max_redirects: allow one more.
-                max_redirects=MAX_REDIRECTS + 1,
-                allow_redirects=True,
-            ) as response:
-                got = Validators(
-                    etag=response.headers.get("ETag", ""),
-                    last_modified=response.headers.get("Last-Modified", ""),
-                )
-                moved_to = _moved_to(response)
-                max_age = _max_age(response.headers.get("Cache-Control", ""))
-                if response.status == 304:
-                    # A 304 may omit validators; keep the ones we sent (RFC 9110 §15.4.5).
-                    return NotModified(
-                        url,
-                        Validators(
-                            etag=got.etag or validators.etag,
-                            last_modified=got.last_modified or validators.last_modified,
-                        ),
-                        moved_to=moved_to,
-                        max_age=max_age,
-                    )
-                if not 200 <= response.status < 300:
-                    raise FetchError(
-                        url,
-                        f"HTTP {response.status} {response.reason or ''}".strip(),
-                        response.status,
-                        retry_after(response.headers.get("Retry-After", ""), datetime.now(UTC)),
-                    )
-                declared = response.content_length
-                if declared is not None and declared > limit:
-                    raise FetchError(
-                        url,
-                        f"body of {declared} bytes is over max_bytes ({limit})",
-                        response.status,
-                    )
-                body = bytearray()
-                async for chunk in response.content.iter_chunked(CHUNK):
-                    body += chunk
-                    if len(body) > limit:
-                        raise FetchError(url, f"body is over max_bytes ({limit})", response.status)
-                return FetchResult(
-                    url=url,
-                    final_url=str(response.url),
-                    status=response.status,
-                    content_type=response.headers.get("Content-Type", ""),
-                    body=bytes(body),
-                    validators=got,
-                    moved_to=moved_to,
-                    max_age=max_age,
-                )
+            while True:
+                request = client.get(hop_url)
+                if validators.etag:
+                    request = request.header("If-None-Match", validators.etag)
+                if validators.last_modified:
+                    request = request.header("If-Modified-Since", validators.last_modified)
+                if hops:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    request = request.timeout(timedelta(seconds=left))
+                async with request.build_streamed() as response:
+                    status = response.status
+                    if status in REDIRECTS and (location := response.get_header("Location")):
+                        hops += 1
+                        if hops > MAX_REDIRECTS:
+                            raise FetchError(url, f"more than {MAX_REDIRECTS} redirects", status)
+                        hop_url = urljoin(hop_url, location.strip())
+                        if urlsplit(hop_url).scheme not in ("http", "https"):
+                            raise FetchError(url, "redirected to a URL that is not http(s)")
+                        # The leading run of permanent redirects is where to poll from now on;
+                        # a temporary one on the way ends it: what lies behind may change back.
+                        permanent = permanent and status in PERMANENT
+                        if permanent:
+                            moved = hop_url
+                        continue
+                    return await self._answer(url, hop_url, response, validators, moved)
         except FetchError:
             raise
-        except aiohttp.TooManyRedirects as err:
-            raise FetchError(url, f"more than {MAX_REDIRECTS} redirects") from err
-        except TimeoutError as err:
-            raise FetchError(url, f"timed out after {self._settings.timeout:g}s") from err
-        except aiohttp.InvalidURL as err:
-            raise FetchError(url, "invalid URL") from err
-        except aiohttp.NonHttpUrlRedirectClientError as err:
-            raise FetchError(url, "redirected to a URL that is not http(s)") from err
-        except aiohttp.ClientResponseError as err:
-            raise FetchError(url, f"bad response: {err.message}", err.status) from err
-        except aiohttp.ClientError as err:
-            raise FetchError(url, "connection failed") from err
+        except TimeoutError as err:  # pyreqwest's timeouts are TimeoutErrors too
+            raise FetchError(url, f"timed out after {settings.timeout:g}s") from err
+        except Exception as err:
+            failure = _failure(url, err)
+            if failure is None:
+                raise
+            raise failure from err
+
+    async def _answer(
+        self,
+        url: str,
+        final_url: str,
+        response: Response,
+        sent: Validators,
+        moved_to: str,
+    ) -> FetchResult | NotModified:
+        """The result of the last hop's `response`: its body read up to max_bytes."""
+        status = response.status
+        header = response.get_header
+        got = Validators(etag=header("ETag") or "", last_modified=header("Last-Modified") or "")
+        max_age = _max_age(header("Cache-Control") or "")
+        if status == 304:
+            # A 304 may omit validators; keep the ones we sent (RFC 9110 §15.4.5).
+            return NotModified(
+                url,
+                Validators(
+                    etag=got.etag or sent.etag,
+                    last_modified=got.last_modified or sent.last_modified,
+                ),
+                moved_to=moved_to,
+                max_age=max_age,
+            )
+        if not 200 <= status < 300:
+            reason = f"HTTP {status} {_phrase(status)}".strip()
+            raise FetchError(
+                url, reason, status, retry_after(header("Retry-After") or "", datetime.now(UTC))
+            )
+        limit = self._settings.max_bytes
+        declared = _content_length(header("Content-Length"))
+        if declared is not None and declared > limit:
+            raise FetchError(url, f"body of {declared} bytes is over max_bytes ({limit})", status)
+        body = bytearray()
+        reader = response.body_reader
+        while (chunk := await reader.read_chunk()) is not None:
+            body += chunk
+            if len(body) > limit:
+                raise FetchError(url, f"body is over max_bytes ({limit})", status)
+        return FetchResult(
+            url=url,
+            final_url=final_url,
+            status=status,
+            content_type=header("Content-Type") or "",
+            body=bytes(body),
+            validators=got,
+            moved_to=moved_to,
+            max_age=max_age,
+        )
 
 
-def _moved_to(response: aiohttp.ClientResponse) -> str:
-    """Where the leading run of permanent redirects (301, 308; RFC 9110 §15.4.2, §15.4.9)
-    ends: the URL to poll from now on. A temporary redirect (302, 303, 307) on the way stops
-    the run: what lies behind it may change back."""
-    hops = [*response.history, response]
-    moved = ""
-    for hop, following in zip(hops, hops[1:], strict=False):
-        if hop.status not in (301, 308):
-            break
-        moved = str(following.url)
-    return moved
+def _failure(url: str, err: Exception) -> FetchError | None:
+    """The FetchError for one of the HTTP client's own errors; None for any other."""
+    from pyreqwest import exceptions as http_errors  # loaded already: a Fetcher is open
+
+    if isinstance(err, http_errors.BuilderError):
+        return FetchError(url, "invalid URL")
+    if isinstance(err, http_errors.DecodeError):
+        return FetchError(url, "bad response: could not decode the body")
+    if isinstance(err, http_errors.PyreqwestError):
+        return FetchError(url, "connection failed")
+    return None
+
+
+def _phrase(status: int) -> str:
+    """The standard reason phrase of `status` ("Not Found"), or "" for a code without one."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _content_length(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
 
 
 def _max_age(cache_control: str) -> float | None:

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aggregator import identity, schedule
@@ -26,11 +26,16 @@ from aggregator.batch import Batcher
 from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import ParseError, SourceError, StorageError
-from aggregator.fetch import Fetcher
 from aggregator.models import Entry, FetchResult, NotModified, SourceState
 from aggregator.normalize import future_dated, normalize
 from aggregator.parse import parse
 from aggregator.store import Address, HostSlot, HostSlotRequest, StateWrite, Store
+
+if TYPE_CHECKING:
+    # Only polling processes fetch: parse-pool workers, which import this module for
+    # `store_changed`, never load the HTTP client (its runtime's threads would count against
+    # their address-space bound).
+    from aggregator.fetch import Fetcher
 
 log = logging.getLogger(__name__)
 
@@ -427,12 +432,14 @@ class Updater:
         self,
         sources: Iterable[Source],
         on_done: Callable[[Outcome], Awaitable[None] | None] | None = None,
+        *,
+        max_polls: int = MAX_POLLS,
     ) -> list[Outcome]:
-        """Poll every source concurrently, at most MAX_POLLS at once; outcomes in the order
-        given."""
+        """Poll every source concurrently, at most `max_polls` at once; outcomes in the order
+        given. A StorageError propagates once every poll has ended (none is left running)."""
 
         use_enough_threads()
-        running = asyncio.Semaphore(MAX_POLLS)
+        running = asyncio.Semaphore(max_polls)
 
         async def one(source: Source) -> Outcome:
             async with running:
@@ -443,4 +450,10 @@ class Updater:
                     await maybe
             return outcome
 
-        return list(await asyncio.gather(*(one(s) for s in sources)))
+        ended = await asyncio.gather(*(one(s) for s in sources), return_exceptions=True)
+        outcomes: list[Outcome] = []
+        for result in ended:
+            if isinstance(result, BaseException):
+                raise result
+            outcomes.append(result)
+        return outcomes

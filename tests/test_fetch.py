@@ -8,6 +8,8 @@ import gc
 import hashlib
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -545,3 +547,15 @@ def test_slow_drip_under_the_cap_hits_the_total_timeout(raw_server: StartRaw) ->
     err = fetch_error(server.url(), settings(timeout=1))
     assert "timed out" in str(err)
     assert time.monotonic() - started < 3
+
+
+# --- the HTTP client is loaded only by a process that fetches ------------------------------
+
+
+def test_the_command_line_does_not_load_the_http_client() -> None:
+    # Parse-pool workers import whatever the main module imports, and pyreqwest reserves a
+    # gigabyte of address space when loaded: their memory bound would leave them none.
+    code = "import sys, aggregator.cli; print('pyreqwest' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
