@@ -25,6 +25,7 @@ from aggregator import config as config_module
 from aggregator.config import Config
 from aggregator.errors import AggregatorError, ConfigError, StorageError
 from aggregator.fetch import Fetcher
+from aggregator.pollers import Pollers, processes_for
 from aggregator.scheduler import Worker, parse_pool
 from aggregator.services import open_store
 from aggregator.store import Store
@@ -136,21 +137,28 @@ def poll(names: tuple[str, ...]) -> None:
 async def _poll_all(
     config: Config, store: Store, sources: list[config_module.Source]
 ) -> list[Outcome]:
+    """Every source polled once, with a progress bar: in poller processes when there are
+    enough sources to keep more than one core busy (aggregator/pollers.py), else here."""
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with parse_pool() as executor, Progress(*columns, console=console, transient=True) as bar:
+    processes = processes_for(len(sources))
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("polling", total=len(sources))
-        async with Fetcher(config.settings) as fetcher:
-            updater = Updater(config, store, fetcher, executor=executor)
 
-            def advance(outcome: Outcome) -> None:
-                bar.update(task, advance=1, description=outcome.source)
+        def advance(outcome: Outcome) -> None:
+            bar.update(task, advance=1, description=outcome.source)
 
-            return await updater.poll_many(sources, advance)
+        if processes > 1 and store.address is not None:
+            with Pollers(config, store.address, processes) as pollers:
+                return await pollers.poll_many(sources, advance)
+        with parse_pool() as executor:
+            async with Fetcher(config.settings) as fetcher:
+                updater = Updater(config, store, fetcher, executor=executor)
+                return await updater.poll_many(sources, advance)
 
 
 def _when(value: datetime | None) -> str:

@@ -56,6 +56,7 @@ from aggregator.fetch import Fetcher
 from aggregator.models import Entry, entry_digest
 from aggregator.normalize import normalize
 from aggregator.parse import parse
+from aggregator.pollers import Pollers, processes_for
 from aggregator.scheduler import parse_pool
 from aggregator.services import open_store
 from aggregator.store import Store
@@ -643,8 +644,14 @@ def write_config(workdir: Path, base_url: str, specs: Sequence[FeedSpec], redis_
 
 
 async def _our_cycle(
-    config: Config, store: Store, executor: Executor, sources: Sequence[Source]
+    config: Config,
+    store: Store,
+    executor: Executor,
+    sources: Sequence[Source],
+    pollers: Pollers | None,
 ) -> list[Outcome]:
+    if pollers is not None:
+        return await pollers.poll_many(sources)
     async with Fetcher(config.settings) as fetcher:
         updater = Updater(config, store, fetcher, executor=executor)
         return await updater.poll_many(sources)
@@ -659,11 +666,16 @@ class Timed:
 
 
 def our_cycle(
-    config: Config, store: Store, executor: Executor, sources: Sequence[Source], meter: CpuMeter
+    config: Config,
+    store: Store,
+    executor: Executor,
+    sources: Sequence[Source],
+    meter: CpuMeter,
+    pollers: Pollers | None = None,
 ) -> Timed:
     calls = redis_calls(store)
     seconds, cpu, outcomes = measured(
-        meter, lambda: asyncio.run(_our_cycle(config, store, executor, sources))
+        meter, lambda: asyncio.run(_our_cycle(config, store, executor, sources, pollers))
     )
     commands = redis_calls(store)
     commands.subtract(calls)
@@ -1142,16 +1154,34 @@ def run(args: argparse.Namespace) -> int:
         executor = stack.enter_context(parse_pool())
         warmup = warm_pool(executor, sources, root, specs)
         log(f"parse pool warm-up (forkserver + imports): {warmup:.2f} s")
+        processes = args.pollers if args.pollers is not None else processes_for(n)
+        pollers: Pollers | None = None
+        if processes > 1:
+            # As `aggregator poll` does for this many sources; started outside the timings
+            # like the parse pool: a running service has them up already.
+            started = time.perf_counter()
+            assert store.address is not None
+            pollers = stack.enter_context(Pollers(config, store.address, processes))
+            log(f"{processes} poller processes up in {time.perf_counter() - started:.2f} s")
+        results.notes.append(
+            f"ours polled in {processes} poller processes"
+            if pollers
+            else "ours polled in the measuring process"
+        )
         helper_pids = {int(p.pid) for p in getattr(helper, "_pool", []) if p.pid}
 
         def nginx_pids() -> list[int]:
             return [nginx_proc.pid, *descendants(nginx_proc.pid, process_table())]
 
+        def poller_pids() -> list[int]:
+            return pollers.pids if pollers else []
+
         def not_parse_pool() -> set[int]:
-            return {redis_proc.pid, *nginx_pids(), *helper_pids}
+            return {redis_proc.pid, *nginx_pids(), *helper_pids, *poller_pids()}
 
         meter = CpuMeter(
             {
+                "pollers": poller_pids,
                 "parse pool": lambda: python_descendants(not_parse_pool),
                 "redis-server": lambda: [redis_proc.pid],
                 "nginx": nginx_pids,
@@ -1167,26 +1197,26 @@ def run(args: argparse.Namespace) -> int:
             log(f"repeat {r + 1}/{args.repeat}")
             try:
                 store.client.flushall()
-                t = our_cycle(config, store, executor, sources, meter)
+                t = our_cycle(config, store, executor, sources, meter, pollers)
                 check_cold(t.outcomes, store, n)
                 results.add_cycle("ours cold", t, n)
-                t = our_cycle(config, store, executor, sources, meter)
+                t = our_cycle(config, store, executor, sources, meter, pollers)
                 check_warm(t.outcomes)
                 results.add_cycle("ours warm", t, n)
                 rng = random.Random(f"changed:{r}")
                 changed_specs = sorted(rng.sample(specs, changed_n), key=lambda s: s.index)
                 grown = ENTRIES + NEW_PER_CHANGE
                 rewrite(helper, farm, changed_specs, grown, time.time() + 1)
-                t = our_cycle(config, store, executor, sources, meter)
+                t = our_cycle(config, store, executor, sources, meter, pollers)
                 check_changed(t.outcomes, {s.name for s in changed_specs})
                 results.add_cycle("ours 10 % changed", t, n)
                 rewrite(helper, farm, changed_specs, ENTRIES, time.time() + 2)
                 if scale_base:
                     store.client.flushall()
-                    t = our_cycle(config, store, executor, sources[:scale_base], meter)
+                    t = our_cycle(config, store, executor, sources[:scale_base], meter, pollers)
                     check_cold(t.outcomes, store, scale_base)
                     results.add_cycle(f"ours cold, first {scale_base} feeds", t, scale_base)
-                    t = our_cycle(config, store, executor, sources[:scale_base], meter)
+                    t = our_cycle(config, store, executor, sources[:scale_base], meter, pollers)
                     check_warm(t.outcomes)
                     results.add_cycle(f"ours warm, first {scale_base} feeds", t, scale_base)
             except CheckFailed as err:
@@ -1218,10 +1248,12 @@ def run(args: argparse.Namespace) -> int:
             log(f"profiling one more {cycle} cycle with py-spy")
             store.client.flushall()
             if cycle == "warm":
-                our_cycle(config, store, executor, sources, meter)  # fills Redis and validators
+                our_cycle(
+                    config, store, executor, sources, meter, pollers
+                )  # fills Redis and validators
             raw = workdir / f"profile-{cycle}.txt"
             with py_spy(raw, args.profile_rate):
-                t = our_cycle(config, store, executor, sources, meter)
+                t = our_cycle(config, store, executor, sources, meter, pollers)
             summary = summarize_profile(raw, os.getpid())
             profile_text += f"\n\n### py-spy, {cycle} cycle ({t.seconds:.2f} s)\n{summary}"
             if args.profile_out:
@@ -1275,12 +1307,13 @@ def render_report(
         f"\n## poll cycle, {n} feeds, median of {args.repeat} "
         f"(nproc {os.cpu_count()}, Python {sys.version.split()[0]}, code {results.code})\n",
         f"load average (1 min) after each repeat: {', '.join(results.load) or '-'}\n",
-        "CPU seconds (medians): parent = the measuring process (our event loop and threads;"
-        " reader and its threads), pool = the parsing processes (ours; feedparser's Pool),"
-        " client = parent + pool + redis, i.e. all but the farm's nginx.\n",
-        "| measurement | median s | runs s | parent CPU | pool CPU | redis CPU | nginx CPU"
-        " | client CPU |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "CPU seconds (medians): parent = the measuring process (our event loop and threads"
+        " when it polls; reader and its threads), pollers = our poller processes, pool = the"
+        " parsing processes (ours; feedparser's Pool), client = parent + pollers + pool +"
+        " redis, i.e. all but the farm's nginx.\n",
+        "| measurement | median s | runs s | parent CPU | pollers CPU | pool CPU | redis CPU"
+        " | nginx CPU | client CPU |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, values in results.samples.items():
         cpu = results.cpu.get(key)
@@ -1290,8 +1323,8 @@ def render_report(
 
         lines.append(
             f"| {key} | {m(key):.2f} | {', '.join(f'{v:.2f}' for v in values)} | "
-            f"{med('bench (parent)')} | {med('parse pool')} | {med('redis-server')} | "
-            f"{med('nginx')} | {_fmt(results.client_cpu(key))} |"
+            f"{med('bench (parent)')} | {med('pollers')} | {med('parse pool')} | "
+            f"{med('redis-server')} | {med('nginx')} | {_fmt(results.client_cpu(key))} |"
         )
     lines += [
         "",
@@ -1377,6 +1410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-reader", action="store_true", help="skip the reader library")
     parser.add_argument("--no-feedparser", action="store_true", help="skip feedparser alone")
+    parser.add_argument(
+        "--pollers",
+        type=int,
+        default=None,
+        help="poller processes for ours (default: as `aggregator poll` picks; 1: in process)",
+    )
     parser.add_argument("--nginx-workers", type=int, default=2, choices=(1, 2))
     parser.add_argument("--breakdown", action="store_true", help="time each stage alone")
     parser.add_argument(
