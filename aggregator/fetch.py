@@ -7,7 +7,8 @@ limit and the User-Agent. It does not parse, and it knows nothing of Redis.
 
 The HTTP client is pyreqwest (Rust's reqwest and hyper): requests, responses, pooling and
 decompression run on its own threads, outside the GIL, so a cycle of a thousand 304s leaves
-this process's event loop little to do (half the CPU of aiohttp here, bench/POLL.md).
+this process's event loop little to do (1,000 conditional GETs: 0.24 s against aiohttp's
+0.37 s here, `bench/http_clients.py`).
 Redirects are followed here, hop by hop, to tell permanent ones from temporary ones and to
 refuse any that leaves http(s). feedparser's own fetching is never used: it has no timeout.
 """

@@ -934,7 +934,7 @@ def breakdown(
             await asyncio.gather(*(fetcher.fetch(s.url) for s in sources))
 
     wall = time.perf_counter()
-    timed("fetch every feed at once (aiohttp, all 200; CPU)", lambda: asyncio.run(fetch_all()))
+    timed("fetch every feed at once (Fetcher, all 200; CPU)", lambda: asyncio.run(fetch_all()))
     rows.append(("  same, wall clock", time.perf_counter() - wall))
     return rows
 
@@ -947,7 +947,7 @@ PROCESS_FRAME = re.compile(r'process (\d+):"')
 MARKERS: tuple[tuple[str, str], ...] = (
     ("Updater.poll (everything per source in the parent)", "poll (aggregator/update.py"),
     ("Fetcher.fetch", "fetch (aggregator/fetch.py"),
-    ("aiohttp (any)", "aiohttp/"),
+    ("pyreqwest (any)", "pyreqwest/"),
     ("Store.source_states", "source_states (aggregator/store.py"),
     ("Store.save_poll", "save_poll (aggregator/store.py"),
     ("  entry_digest", "entry_digest (aggregator/models.py"),
@@ -1140,7 +1140,7 @@ def run(args: argparse.Namespace) -> int:
             f"farm: {n} feeds x {ENTRIES} entries, {size / 1e6:.1f} MB, "
             + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
         )
-        # Connections at once: ours (aiohttp limit 100, 64 per host), reader (8 threads).
+        # Connections at once: ours (MAX_POLLS, 256, per polling process), reader (8 threads).
         connections = 4096
         nginx_proc = stack.enter_context(
             nginx(root, workdir, nginx_port, args.nginx_workers, connections)
