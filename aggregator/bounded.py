@@ -46,6 +46,7 @@ P = ParamSpec("P")
 
 DEFAULT_SECONDS = 30.0
 DEFAULT_MEMORY_BYTES = 1 << 30  # 1 GiB: feedparser holds a 10 MB feed in well under 200 MiB
+OWNER_CHECK_SECONDS = 1.0  # how often a worker looks whether its pool's owner is still there
 
 
 class LimitExceeded(Exception):
@@ -79,15 +80,35 @@ class WorkerDied(LimitExceeded):
 # --- inside the worker -----------------------------------------------------------------------
 
 
-def init_worker(memory_bytes: int) -> None:
+def init_worker(memory_bytes: int, owner: int = 0) -> None:
     """Pool initializer: bound this worker's address space to `memory_bytes` (0: no bound),
-    and write no core files (a crashed worker's heap is no use on disk)."""
+    write no core files (a crashed worker's heap is no use on disk), and leave Ctrl-C to the
+    process that owns the pool (the terminal sends SIGINT to every process of its group; a
+    worker that took it would fail its call, or die and take the pool down). With `owner`,
+    the worker ends itself once that process is gone (see `_outlive_not`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if owner:
+        threading.Thread(target=_outlive_not, args=(owner,), daemon=True).start()
     _, hard = resource.getrlimit(resource.RLIMIT_CORE)
     resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
     if memory_bytes > 0:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def _outlive_not(owner: int) -> None:
+    """End this worker once `owner` has gone. A pool's owner killed outright (SIGKILL, the
+    OOM killer) never sends its workers their stop message, and they cannot see it go: each
+    holds both ends of the pipe it waits on for work."""
+    while True:
+        time.sleep(OWNER_CHECK_SECONDS)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:
+            pass  # alive, under another user (a pid reused): keep going
 
 
 def call_bounded(seconds: float, func: Callable[..., T], *args: Any) -> T:
@@ -216,7 +237,7 @@ class ParsePool(Executor):
             max_workers=workers,
             mp_context=self._context,
             initializer=init_worker,
-            initargs=(self.memory_bytes,),
+            initargs=(self.memory_bytes, os.getpid()),
         )
 
     # --- the Executor interface -----------------------------------------------------------

@@ -6,7 +6,7 @@ buffered beyond `max_bytes`, after decompression, so a gzip bomb stops early too
 limit and the User-Agent. It does not parse, and it knows nothing of Redis.
 
 The HTTP client is pyreqwest (Rust's reqwest and hyper): requests, responses, pooling and
-decompression run on its own threads, outside the GIL, so a cycle of a thousand 304s leaves
+decompression run on a thread of its own, outside the GIL, so a cycle of a thousand 304s leaves
 this process's event loop little to do (1,000 conditional GETs: 0.24 s against aiohttp's
 0.37 s here, `bench/http_clients.py`).
 Redirects are followed here, hop by hop, to tell permanent ones from temporary ones and to
@@ -70,6 +70,10 @@ class Fetcher:
             # Cookies are never sent to feeds; a shared jar would leak them between sources.
             .default_cookie_store(False)
             .no_proxy()  # like a feed reader: no proxy unless configured (none can be, yet)
+            # Servers of feeds are not all strict: read the header forms hyper would refuse.
+            .http1_allow_obsolete_multiline_headers_in_responses(True)
+            .http1_allow_spaces_after_header_name_in_responses(True)
+            .http1_ignore_invalid_headers_in_responses(True)
             .build()
         )
         return self
@@ -108,7 +112,7 @@ class Fetcher:
                     request = request.timeout(timedelta(seconds=left))
                 async with request.build_streamed() as response:
                     status = response.status
-                    if status in REDIRECTS and (location := response.get_header("Location")):
+                    if status in REDIRECTS and (location := _header(response, "Location")):
                         hops += 1
                         if hops > MAX_REDIRECTS:
                             raise FetchError(url, f"more than {MAX_REDIRECTS} redirects", status)
@@ -142,9 +146,12 @@ class Fetcher:
     ) -> FetchResult | NotModified:
         """The result of the last hop's `response`: its body read up to max_bytes."""
         status = response.status
-        header = response.get_header
-        got = Validators(etag=header("ETag") or "", last_modified=header("Last-Modified") or "")
-        max_age = _max_age(header("Cache-Control") or "")
+
+        def header(name: str) -> str:
+            return _header(response, name)
+
+        got = Validators(etag=header("ETag"), last_modified=header("Last-Modified"))
+        max_age = _max_age(header("Cache-Control"))
         if status == 304:
             # A 304 may omit validators; keep the ones we sent (RFC 9110 §15.4.5).
             return NotModified(
@@ -159,7 +166,7 @@ class Fetcher:
         if not 200 <= status < 300:
             reason = f"HTTP {status} {_phrase(status)}".strip()
             raise FetchError(
-                url, reason, status, retry_after(header("Retry-After") or "", datetime.now(UTC))
+                url, reason, status, retry_after(header("Retry-After"), datetime.now(UTC))
             )
         limit = self._settings.max_bytes
         declared = _content_length(header("Content-Length"))
@@ -175,7 +182,7 @@ class Fetcher:
             url=url,
             final_url=final_url,
             status=status,
-            content_type=header("Content-Type") or "",
+            content_type=header("Content-Type"),
             body=bytes(body),
             validators=got,
             moved_to=moved_to,
@@ -183,14 +190,25 @@ class Fetcher:
         )
 
 
+def _header(response: Response, name: str) -> str:
+    """A header's value; "" when absent or not text (bytes outside ASCII, which pyreqwest
+    will not decode: a server's mistake, read as if the header were not there)."""
+    try:
+        return response.get_header(name) or ""
+    except ValueError:
+        return ""
+
+
 def _failure(url: str, err: Exception) -> FetchError | None:
     """The FetchError for one of the HTTP client's own errors; None for any other."""
     from pyreqwest import exceptions as http_errors  # loaded already: a Fetcher is open
 
-    if isinstance(err, http_errors.BuilderError):
-        return FetchError(url, "invalid URL")
     if isinstance(err, http_errors.DecodeError):
         return FetchError(url, "bad response: could not decode the body")
+    # pyreqwest refuses a URL it cannot parse (the source's, or a redirect's) with a
+    # ValueError (its BuilderError is one), as urljoin does a malformed IPv6 host.
+    if isinstance(err, ValueError):
+        return FetchError(url, "invalid URL")
     if isinstance(err, http_errors.PyreqwestError):
         return FetchError(url, "connection failed")
     return None

@@ -22,30 +22,40 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
-from aggregator.bounded import ParsePool
+from aggregator.bounded import ParsePool, init_worker
 from aggregator.config import Config, Source
 from aggregator.errors import AggregatorError, StorageError
 from aggregator.fetch import Fetcher
 from aggregator.store import Address, Store
-from aggregator.update import MAX_POLLS, Outcome, Updater
+from aggregator.update import MAX_POLLS, Outcome, Updater, first_failure
 
 SOURCES_PER_PROCESS = 250  # fewer per process and a process's start-up outweighs its share
 START_SECONDS = 60.0  # for a poller to start and say it is ready
+STOP_SECONDS = 10.0  # for pollers to stop when asked, before they are made to
 
 
 def processes_for(sources: int, cpus: int | None = None) -> int:
     """How many poller processes a cycle of `sources` is worth: one per core, but no more
     than one per SOURCES_PER_PROCESS sources; 1 means poll in this process."""
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or usable_cpus()
     return max(1, min(cpus, sources // SOURCES_PER_PROCESS))
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +86,7 @@ class Pollers:
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
         self._job = _Job(
             config,
             address,
@@ -85,6 +95,7 @@ class Pollers:
         )
         self.processes = processes
         self._children: list[tuple[BaseProcess, Connection]] = []
+        self._abandoned = False  # a process was stopped mid-cycle (see `_share`)
 
     @property
     def pids(self) -> list[int]:
@@ -118,20 +129,31 @@ class Pollers:
             for child, conn in self._children:
                 if not conn.poll(START_SECONDS):
                     raise PollerDied(f"poller {child.pid} did not start in {START_SECONDS:g}s")
-                self._expect(conn.recv(), "ready", child)
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    message = ("died", None)
+                self._expect(message, "ready", child)
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        """Ask each process to stop, and end it if it does not."""
+        """Ask each process to stop; end those that have not within 10 s (SIGTERM, then
+        SIGKILL)."""
         for _, conn in self._children:
             try:
                 conn.send(None)
             except OSError:
                 pass  # already gone
+        deadline = time.monotonic() + STOP_SECONDS
+        for process, _ in self._children:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process, _ in self._children:
+            if process.is_alive():
+                process.terminate()
         for process, conn in self._children:
-            process.join(10)
+            process.join(STOP_SECONDS)
             if process.is_alive():
                 process.kill()
                 process.join()
@@ -148,6 +170,8 @@ class Pollers:
         StorageError propagates, once every process has finished its share."""
         if not self._children:
             raise RuntimeError("use Pollers as a context manager")
+        if self._abandoned:
+            raise RuntimeError("a poller was stopped in the middle of a cycle: start anew")
         outcomes: dict[str, Outcome] = {}
 
         async def done(outcome: Outcome) -> None:
@@ -163,11 +187,8 @@ class Pollers:
             for i, (process, conn) in enumerate(self._children)
         ]
         failures = [r for r in await asyncio.gather(*shares, return_exceptions=True) if r]
-        for failure in failures:
-            if not isinstance(failure, Exception):
-                raise failure  # cancelled, or the process is exiting
         if failures:
-            raise failures[0]
+            raise first_failure(failures)
         return [outcomes[s.name] for s in sources]
 
     async def _share(
@@ -191,23 +212,28 @@ class Pollers:
                 loop.remove_reader(conn.fileno())
                 messages.put_nowait(("died", None))
 
+        ended = False  # the process has reported the end of its share
         try:
-            conn.send(list(sources))
-        except OSError as err:  # its end of the pipe is closed: it has died
-            process.join(1)
-            raise PollerDied(f"poller {process.pid} ended (exit code {process.exitcode})") from err
-        loop.add_reader(conn.fileno(), readable)
-        try:
-            while True:
-                kind, value = await messages.get()
-                if kind == "done":
-                    await done(value)
-                    continue
-                self._expect((kind, value), "finished", process)
-                return
+            try:
+                conn.send(list(sources))
+            except OSError:  # its end of the pipe is closed: it has died
+                message: tuple[str, Any] = ("died", None)
+            else:
+                loop.add_reader(conn.fileno(), readable)
+                message = await messages.get()
+                while message[0] == "done":
+                    await done(message[1])
+                    message = await messages.get()
+            ended = True
+            self._expect(message, "finished", process)
         finally:
             if not conn.closed:
                 loop.remove_reader(conn.fileno())
+            if not ended:
+                # Cancelled, or on_done raised: the process is still polling its share, and
+                # what it sends would reach the next cycle. It is stopped instead.
+                self._abandoned = True
+                process.terminate()
 
     @staticmethod
     def _expect(message: tuple[str, Any], kind: str, process: BaseProcess) -> None:
@@ -227,13 +253,24 @@ class Pollers:
 
 def _serve(conn: Connection, job: _Job) -> None:
     """A poller's life: start its parse pool, then poll each share it is sent, until it is
-    sent None or its parent goes away."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops us
+    sent None or its parent goes away. SIGTERM (the parent stopping it mid-cycle) ends it too,
+    and its parse pool with it."""
+    init_worker(0)  # no core files; Ctrl-C is for the parent, which stops us
+    signal.signal(signal.SIGTERM, _terminated)
     store = Store.at(job.address)
-    with ParsePool(max_workers=job.parse_workers) as executor:
+    executor = ParsePool(max_workers=job.parse_workers)
+    try:
         _warm(executor, job.parse_workers)
         asyncio.run(_cycles(conn, job, store, executor))
-    store.close()
+    finally:
+        # Waits for a parse under way (bounded): workers left without their stop message
+        # would wait for work forever.
+        executor.shutdown(wait=True, cancel_futures=True)
+        store.close()
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _ready() -> int:

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -451,9 +451,16 @@ class Updater:
             return outcome
 
         ended = await asyncio.gather(*(one(s) for s in sources), return_exceptions=True)
-        outcomes: list[Outcome] = []
-        for result in ended:
-            if isinstance(result, BaseException):
-                raise result
-            outcomes.append(result)
-        return outcomes
+        failures = [r for r in ended if isinstance(r, BaseException)]
+        if failures:
+            raise first_failure(failures)
+        return [r for r in ended if not isinstance(r, BaseException)]
+
+
+def first_failure(failures: Sequence[BaseException]) -> BaseException:
+    """Which of the failures of one cycle to raise: a cancellation or an exit first, then a
+    StorageError (Redis is gone: what the caller can act on), else the first."""
+    for failure in failures:
+        if not isinstance(failure, Exception):
+            return failure
+    return next((f for f in failures if isinstance(f, StorageError)), failures[0])

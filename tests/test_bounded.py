@@ -236,3 +236,15 @@ def test_limit_errors_cross_processes_intact(error: LimitExceeded) -> None:
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error)
     assert (copy.reason, copy.detail, str(copy)) == (error.reason, error.detail, str(error))
+
+
+def _interrupt_myself() -> str:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    return "still here"
+
+
+def test_a_worker_leaves_ctrl_c_to_the_pool_s_owner(pool: ParsePool) -> None:
+    # The terminal sends SIGINT to its whole process group, workers included.
+    assert run(pool, _interrupt_myself) == "still here"
+    assert_still_works(pool)

@@ -559,3 +559,44 @@ def test_the_command_line_does_not_load_the_http_client() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+# --- what servers get wrong -----------------------------------------------------------------
+
+
+def test_a_redirect_to_a_malformed_url_is_an_invalid_url(feed_server: FeedServer) -> None:
+    feed_server.routes["/to-nowhere"] = Route(status=302, headers={"Location": "http://[::1/x"})
+    url = feed_server.url("to-nowhere")
+    err = fetch_error(url)
+    assert "invalid URL" in str(err)
+    assert url in str(err)
+
+
+NOT_ASCII_HEAD = (
+    b'HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nETag: "caf\xc3\xa9"\r\n'
+    b"Last-Modified: Fri, 27 Nov 2026 10:00:00 GMT\r\nConnection: close\r\n\r\n"
+)
+# A folded header line (obsolete in RFC 9112 §5.2) and a space before a header's colon.
+OLD_FORMS_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nX-Note: first\r\n  second\r\n"
+    b'ETag : "v1"\r\nConnection: close\r\n\r\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("head", "validators"),
+    [
+        # A header that is not ASCII is read as absent, the others as sent.
+        (NOT_ASCII_HEAD, Validators("", "Fri, 27 Nov 2026 10:00:00 GMT")),
+        (OLD_FORMS_HEAD, Validators('"v1"', "")),
+    ],
+    ids=["not-ascii", "old-forms"],
+)
+def test_headers_servers_get_wrong_are_read(
+    raw_server: StartRaw, head: bytes, validators: Validators
+) -> None:
+    server = raw_server(head, lambda: iter([b"<rss version='2.0'><channel/></rss>"]))
+    result = ok(fetch(server.url()))
+    assert result.body == b"<rss version='2.0'><channel/></rss>"
+    assert result.content_type == "application/xml"
+    assert result.validators == validators

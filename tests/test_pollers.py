@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,8 +15,8 @@ from aggregator.config import Config
 from aggregator.errors import StorageError
 from aggregator.pollers import SOURCES_PER_PROCESS, PollerDied, Pollers, processes_for
 from aggregator.store import Address, Store
-from aggregator.update import Outcome
-from tests.conftest import ConfigWriter, FeedServer, free_port
+from aggregator.update import Outcome, first_failure
+from tests.conftest import ConfigWriter, FeedServer, Route, free_port
 
 FIXTURES = ["rss2.xml", "atom.xml", "rss1.rdf", "feed.json", "gbk.xml"]
 
@@ -83,7 +84,88 @@ def test_redis_out_of_reach_is_a_storage_error(config: Config, store: Store) -> 
             asyncio.run(pollers.poll_many(list(config.sources)))
 
 
-def test_a_poller_that_died_is_reported(config: Config, pollers: Pollers) -> None:
-    os.kill(pollers.pids[0], signal.SIGKILL)
+def test_a_poller_that_died_is_reported_and_its_parse_workers_go_too(
+    config: Config, pollers: Pollers
+) -> None:
+    victim = pollers.pids[0]
+    below = _descendants(victim)  # its forkserver and parse worker
+    assert below
+    os.kill(victim, signal.SIGKILL)
     with pytest.raises(PollerDied, match="ended"):
         asyncio.run(pollers.poll_many(list(config.sources)))
+    # Killed outright, it sent its parse worker no stop message: the worker sees its owner
+    # gone and ends itself, and its forkserver follows.
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in below if _alive(p)]
+
+
+def test_a_cycle_cut_short_stops_its_pollers(
+    config: Config, feed_server: FeedServer, pollers: Pollers
+) -> None:
+    # A cycle cancelled (or whose on_done raised) leaves pollers still polling their shares:
+    # what they send would reach the next cycle. They are stopped, and the Pollers refuses
+    # another cycle.
+    feed_server.routes["/slow.xml"] = Route(body=b"<rss/>", delay=5)
+    slow = [config.sources[0].model_copy(update={"url": feed_server.url("slow.xml")})] * 2
+    slow = [s.model_copy(update={"name": f"slow{i}"}) for i, s in enumerate(slow)]
+    pids = pollers.pids
+
+    async def cut_short() -> None:
+        await asyncio.wait_for(pollers.poll_many(slow), 0.5)
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        asyncio.run(cut_short())
+    assert time.monotonic() - started < 4
+    for pid in pids:
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), f"poller {pid} still running"
+    with pytest.raises(RuntimeError, match="middle of a cycle"):
+        asyncio.run(pollers.poll_many(list(config.sources)))
+
+
+def test_an_on_done_that_raises_ends_the_cycle(config: Config, pollers: Pollers) -> None:
+    def boom(outcome: Outcome) -> None:
+        raise ValueError(f"no room for {outcome.source}")
+
+    with pytest.raises(ValueError, match="no room"):
+        asyncio.run(pollers.poll_many(list(config.sources), boom))
+
+
+def test_which_failure_of_a_cycle_is_raised() -> None:
+    bug, gone = ValueError("a bug"), StorageError("Redis went away")
+    cancelled = asyncio.CancelledError()
+    assert first_failure([bug]) is bug
+    assert first_failure([bug, gone]) is gone
+    assert first_failure([bug, gone, cancelled]) is cancelled
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = {child for child, ppid in parents.items() if ppid == parent} - found
+        found |= children
+        frontier.extend(children)
+    return found
