@@ -15,6 +15,7 @@ refuse any that leaves http(s). feedparser's own fetching is never used: it has 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -39,6 +40,7 @@ MAX_REDIRECTS = 5
 REDIRECTS = frozenset((301, 302, 303, 307, 308))
 PERMANENT = frozenset((301, 308))  # RFC 9110 §15.4.2, §15.4.9
 NO_VALIDATORS = Validators()
+CLOSE_GRACE_SECONDS = 0.05
 
 
 class Fetcher:
@@ -87,6 +89,11 @@ class Fetcher:
         if self._client is not None:
             await self._client.close()
             self._client = None
+            # pyreqwest's thread lets go of the client's Python objects just after close()
+            # returns; a process that exits meanwhile may abort in its finalization
+            # ("PyGILState_Release ... finalizing": 3 of 30 short scripts here, none of 100
+            # with a 20 ms wait).
+            await asyncio.sleep(CLOSE_GRACE_SECONDS)
 
     async def fetch(
         self, url: str, validators: Validators = NO_VALIDATORS
