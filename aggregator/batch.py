@@ -24,10 +24,11 @@ Result = TypeVar("Result")
 
 @dataclass(eq=False)
 class _Lane(Generic[Item, Result]):
-    """The calls waiting in one event loop, and the task sending them (None when idle)."""
+    """The calls waiting in one event loop, and the task sending them. A lane lives exactly
+    as long as its sender: made with the first call, dropped when nothing is left to send."""
 
     waiting: list[tuple[Item, asyncio.Future[Result]]] = field(default_factory=list)
-    sender: asyncio.Task[None] | None = None
+    sender: asyncio.Task[None] | None = None  # held here: a task nobody holds may be collected
 
 
 class Batcher(Generic[Item, Result]):
@@ -45,14 +46,13 @@ class Batcher(Generic[Item, Result]):
 
     async def __call__(self, item: Item) -> Result:
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
         lane = self._lanes.get(loop)
         if lane is None:
             lane = self._lanes[loop] = _Lane()
-        future: asyncio.Future[Result] = loop.create_future()
-        lane.waiting.append((item, future))
-        if lane.sender is None:
             # Started on the loop's next turn: every caller ready in this one joins the batch.
             lane.sender = loop.create_task(self._send(loop, lane))
+        lane.waiting.append((item, future))
         return await future
 
     async def _send(self, loop: asyncio.AbstractEventLoop, lane: _Lane[Item, Result]) -> None:
@@ -67,9 +67,7 @@ class Batcher(Generic[Item, Result]):
             for _, future in lane.waiting:
                 future.cancel()
             lane.waiting.clear()
-            lane.sender = None
-            if self._lanes.get(loop) is lane:
-                del self._lanes[loop]  # a finished loop's lane is not kept
+            del self._lanes[loop]  # the next call makes a new lane; a finished loop's is not kept
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:

@@ -81,18 +81,13 @@ class Pollers:
         config: Config,
         address: Address,
         processes: int,
-        *,
-        parse_workers: int | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
-        cpus = usable_cpus()
-        self._job = _Job(
-            config,
-            address,
-            parse_workers or max(1, cpus // processes),
-            max(1, MAX_POLLS // processes),
-        )
+        # The cores are shared out: each process parses with its share, polls with its share
+        # of MAX_POLLS.
+        parse_workers = max(1, usable_cpus() // processes)
+        self._job = _Job(config, address, parse_workers, max(1, MAX_POLLS // processes))
         self.processes = processes
         self._children: list[tuple[BaseProcess, Connection]] = []
         self._abandoned = False  # a process was stopped mid-cycle (see `_share`)

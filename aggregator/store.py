@@ -81,7 +81,7 @@ class HostSlotRequest:
     per_minute: int
 
 
-# One poll that stored no entries, for `Store.save_states`: source, state fields, next due.
+# One poll that stored no entries, for `Store.finish_polls`: source, state fields, next due.
 StateWrite = tuple[str, Mapping[str, str | int | float], datetime | None]
 # A request slot taken with `take_host_slots`: (host, token).
 HostSlot = tuple[str, str]
@@ -255,17 +255,14 @@ class Store:
         self, source: str, state: Mapping[str, str | int | float], next_due: datetime | None
     ) -> None:
         """Record a poll that stored no entries (not modified, or failed)."""
-        self.save_states([(source, state, next_due)])
-
-    def save_states(self, polls: Sequence[StateWrite]) -> list[None]:
-        """Record many polls that stored no entries, in one MULTI/EXEC: the writes `save_poll`
-        makes for such a poll, for each (source, state, next due time) in order. Nothing is
-        read first, so nothing is WATCHed and there is nothing to retry."""
-        return self.finish_polls([(poll, None) for poll in polls])
+        self.finish_polls([((source, state, next_due), None)])
 
     def finish_polls(self, polls: Sequence[tuple[StateWrite, HostSlot | None]]) -> list[None]:
-        """`save_states`, each poll also giving back the request slot it names (if any) in the
-        same MULTI/EXEC: a poll that ends with its state costs one round trip, not two."""
+        """Record many polls that stored no entries, in one MULTI/EXEC: the writes `save_poll`
+        makes for such a poll, for each (source, state, next due time) in order, each poll
+        also giving back the request slot it names (if any): a poll that ends with its state
+        costs one round trip, not two. Nothing is read first, so nothing is WATCHed and there
+        is nothing to retry."""
         if not polls:
             return []
         with _storage_errors(f"saving {_some(source for (source, _, _), _ in polls)}"):

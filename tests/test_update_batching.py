@@ -50,10 +50,6 @@ class CountingStore(Store):
         self._count("release_host_slots" if started else "release_unused_slots", slots)
         return super().release_host_slots(slots, started=started)
 
-    def save_states(self, polls: Sequence[StateWrite]) -> list[None]:
-        self._count("save_states", polls)
-        return super().save_states(polls)
-
     def finish_polls(self, polls: Sequence[tuple[StateWrite, HostSlot | None]]) -> list[None]:
         self._count("finish_polls", polls)
         return super().finish_polls(polls)
