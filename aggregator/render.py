@@ -191,7 +191,7 @@ def _atom_entry(parts: list[str], entry: Entry, info: FeedInfo) -> None:
         parts.append(f'<summary type="html">{_t(entry.summary)}</summary>')
     if entry.published is not None:
         parts.append(f"<published>{entry.published.isoformat()}</published>")
-    link = _a(entry.link) if entry.link else page
+    link = _a(entry.link or info.entry_url(entry.id))  # an attribute: quotes escaped too
     parts.append(f'<link href="{link}" rel="alternate" type="text/html"/>')
     for enclosure in entry.enclosures:
         kind = f' type="{_a(enclosure.type)}"' if _MEDIA_TYPE.fullmatch(enclosure.type) else ""

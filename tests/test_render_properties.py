@@ -209,7 +209,8 @@ def feed_infos(draw: st.DrawFn) -> FeedInfo:
     return FeedInfo(
         title=draw(PLAIN_NONEMPTY),
         description=draw(PLAIN),
-        public_url=draw(st.sampled_from([PUBLIC_URL, PUBLIC_URL + "/"])),
+        # config accepts any http(s) URL: one with characters markup must escape too.
+        public_url=draw(st.sampled_from([PUBLIC_URL, PUBLIC_URL + "/", PUBLIC_URL + '/a"b&c<d'])),
         path="/tags/" + quote(tag, safe=""),
         html_path="/tags/" + quote(tag, safe=""),
         hub=draw(st.one_of(st.none(), st.just("https://hub.example/"))),
