@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -643,18 +643,18 @@ def write_config(workdir: Path, base_url: str, specs: Sequence[FeedSpec], redis_
     return path
 
 
-async def _our_cycle(
-    config: Config,
-    store: Store,
-    executor: Executor,
-    sources: Sequence[Source],
-    pollers: Pollers | None,
-) -> list[Outcome]:
-    if pollers is not None:
-        return await pollers.poll_many(sources)
-    async with Fetcher(config.settings) as fetcher:
-        updater = Updater(config, store, fetcher, executor=executor)
-        return await updater.poll_many(sources)
+Cycle = Callable[[Sequence[Source]], Awaitable[list[Outcome]]]
+
+
+def in_process(config: Config, store: Store, executor: Executor) -> Cycle:
+    """The cycle `aggregator poll` runs for fewer sources: one Updater in this process."""
+
+    async def cycle(sources: Sequence[Source]) -> list[Outcome]:
+        async with Fetcher(config.settings) as fetcher:
+            updater = Updater(config, store, fetcher, executor=executor)
+            return await updater.poll_many(sources)
+
+    return cycle
 
 
 @dataclass(slots=True)
@@ -665,18 +665,9 @@ class Timed:
     redis_commands: Counter[str]  # calls per command during the cycle
 
 
-def our_cycle(
-    config: Config,
-    store: Store,
-    executor: Executor,
-    sources: Sequence[Source],
-    meter: CpuMeter,
-    pollers: Pollers | None = None,
-) -> Timed:
+def our_cycle(store: Store, cycle: Cycle, sources: Sequence[Source], meter: CpuMeter) -> Timed:
     calls = redis_calls(store)
-    seconds, cpu, outcomes = measured(
-        meter, lambda: asyncio.run(_our_cycle(config, store, executor, sources, pollers))
-    )
+    seconds, cpu, outcomes = measured(meter, lambda: asyncio.run(cycle(sources)))
     commands = redis_calls(store)
     commands.subtract(calls)
     commands["info"] -= 1  # our own INFO
@@ -1151,18 +1142,21 @@ def run(args: argparse.Namespace) -> int:
         store, embedded = open_store(config)
         assert embedded is None
         stack.callback(store.close)
-        executor = stack.enter_context(parse_pool())
-        warmup = warm_pool(executor, sources, root, specs)
-        log(f"parse pool warm-up (forkserver + imports): {warmup:.2f} s")
         processes = args.pollers if args.pollers is not None else processes_for(n)
         pollers: Pollers | None = None
+        # As `aggregator poll` does for this many sources, started outside the timings: a
+        # running service has its processes up already.
         if processes > 1:
-            # As `aggregator poll` does for this many sources; started outside the timings
-            # like the parse pool: a running service has them up already.
             started = time.perf_counter()
             assert store.address is not None
             pollers = stack.enter_context(Pollers(config, store.address, processes))
+            cycle: Cycle = pollers.poll_many
             log(f"{processes} poller processes up in {time.perf_counter() - started:.2f} s")
+        else:
+            executor = stack.enter_context(parse_pool())
+            warmup = warm_pool(executor, sources, root, specs)
+            log(f"parse pool warm-up (forkserver + imports): {warmup:.2f} s")
+            cycle = in_process(config, store, executor)
         results.notes.append(
             f"ours polled in {processes} poller processes"
             if pollers
@@ -1197,26 +1191,26 @@ def run(args: argparse.Namespace) -> int:
             log(f"repeat {r + 1}/{args.repeat}")
             try:
                 store.client.flushall()
-                t = our_cycle(config, store, executor, sources, meter, pollers)
+                t = our_cycle(store, cycle, sources, meter)
                 check_cold(t.outcomes, store, n)
                 results.add_cycle("ours cold", t, n)
-                t = our_cycle(config, store, executor, sources, meter, pollers)
+                t = our_cycle(store, cycle, sources, meter)
                 check_warm(t.outcomes)
                 results.add_cycle("ours warm", t, n)
                 rng = random.Random(f"changed:{r}")
                 changed_specs = sorted(rng.sample(specs, changed_n), key=lambda s: s.index)
                 grown = ENTRIES + NEW_PER_CHANGE
                 rewrite(helper, farm, changed_specs, grown, time.time() + 1)
-                t = our_cycle(config, store, executor, sources, meter, pollers)
+                t = our_cycle(store, cycle, sources, meter)
                 check_changed(t.outcomes, {s.name for s in changed_specs})
                 results.add_cycle("ours 10 % changed", t, n)
                 rewrite(helper, farm, changed_specs, ENTRIES, time.time() + 2)
                 if scale_base:
                     store.client.flushall()
-                    t = our_cycle(config, store, executor, sources[:scale_base], meter, pollers)
+                    t = our_cycle(store, cycle, sources[:scale_base], meter)
                     check_cold(t.outcomes, store, scale_base)
                     results.add_cycle(f"ours cold, first {scale_base} feeds", t, scale_base)
-                    t = our_cycle(config, store, executor, sources[:scale_base], meter, pollers)
+                    t = our_cycle(store, cycle, sources[:scale_base], meter)
                     check_warm(t.outcomes)
                     results.add_cycle(f"ours warm, first {scale_base} feeds", t, scale_base)
             except CheckFailed as err:
@@ -1248,12 +1242,10 @@ def run(args: argparse.Namespace) -> int:
             log(f"profiling one more {cycle} cycle with py-spy")
             store.client.flushall()
             if cycle == "warm":
-                our_cycle(
-                    config, store, executor, sources, meter, pollers
-                )  # fills Redis and validators
+                our_cycle(store, cycle, sources, meter)  # fills Redis and validators
             raw = workdir / f"profile-{cycle}.txt"
             with py_spy(raw, args.profile_rate):
-                t = our_cycle(config, store, executor, sources, meter, pollers)
+                t = our_cycle(store, cycle, sources, meter)
             summary = summarize_profile(raw, os.getpid())
             profile_text += f"\n\n### py-spy, {cycle} cycle ({t.seconds:.2f} s)\n{summary}"
             if args.profile_out:
