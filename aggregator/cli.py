@@ -112,26 +112,35 @@ def poll(names: tuple[str, ...]) -> None:
     with _store(config) as store:
         outcomes = asyncio.run(_poll_all(config, store, sources))
     table = Table(title=f"Polled {len(outcomes)} sources")
-    for column in ("source", "status", "entries", "new", "updated", "time"):
+    for column in ("source", "status", *_COUNTS, "time"):
         table.add_column(column, justify="right" if column not in ("source", "status") else "left")
     for o in outcomes:
         status = "not modified" if o.not_modified else (f"HTTP {o.status}" if o.ok else o.error)
         table.add_row(
-            o.source,
-            status if o.ok else f"[red]{status}[/red]",
-            str(o.entries),
-            str(o.new),
-            str(o.updated),
+            escape(o.source),
+            escape(status) if o.ok else f"[red]{escape(status)}[/red]",
+            *(str(getattr(o, column)) for column in _COUNTS),
             f"{o.seconds:.2f}s",
         )
     console.print(table)
     failed = sum(not o.ok for o in outcomes)
+
+    def total(column: str) -> int:
+        return sum(getattr(o, column) for o in outcomes)
+
+    # "new" is what subscribers can see now; what else the documents held is said apart.
     console.print(
-        f"{len(outcomes) - failed} ok, {failed} failed, {sum(o.new for o in outcomes)} new entries",
+        f"{len(outcomes) - failed} ok, {failed} failed, {total('new')} new entries, "
+        f"{total('merged')} merged, {total('filtered')} filtered, "
+        f"{total('cut')} cut by max_entries",
         highlight=False,
     )
     if failed == len(outcomes):
         sys.exit(1)
+
+
+# The poll table's count columns: Outcome's fields of the same names.
+_COUNTS = ("entries", "new", "updated", "merged", "filtered", "cut")
 
 
 async def _poll_all(

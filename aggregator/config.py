@@ -132,6 +132,7 @@ class _Frozen(BaseModel):
 class Retention(_Frozen):
     max_entries: int = Field(1000, gt=0)
     max_age: Duration = 90 * 86400.0
+    keep_per_source: int = Field(50, ge=0)
 
 
 class PerHost(_Frozen):

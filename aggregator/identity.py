@@ -88,6 +88,15 @@ def dedup_keys(link: str, guid: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
+def guids_by_link(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """link → guid of the (guid, link) pairs of one document, for `guid_problem` next time;
+    a link that several guids share is left out."""
+    links = Counter(k.strip() for g, k in pairs if g.strip() and k.strip())
+    return {
+        k.strip(): g.strip() for g, k in pairs if g.strip() and k.strip() and links[k.strip()] == 1
+    }
+
+
 def guid_problem(pairs: Sequence[tuple[str, str]], previous: Mapping[str, str]) -> str | None:
     """Why this source's guids cannot identify its entries, or None when they can.
 
@@ -102,7 +111,10 @@ def guid_problem(pairs: Sequence[tuple[str, str]], previous: Mapping[str, str]) 
     shared = [g for g, links in links_by_guid.items() if len(links) > 1]
     if shared:
         return f"{len(shared)} guid(s) shared by entries with different links"
-    again = [(g, previous[k]) for g, k in with_both if k in previous]
+    # A link several entries share (a podcast's episodes all linking to the show) says
+    # nothing about whether one of them kept its guid.
+    listed = Counter(k for _, k in with_both)
+    again = [(g, previous[k]) for g, k in with_both if k in previous and listed[k] == 1]
     if len(again) >= 3:
         changed = Counter(g != old for g, old in again)[True]
         if changed * 2 > len(again):

@@ -36,8 +36,13 @@ def canon(key: str) -> str:
     return f"{PREFIX}canon:{digest}"
 
 
+CUT = "cut"  # the value of a `gone` tombstone this version writes
+
+
 def gone(entry_id: str) -> str:
-    """String with a TTL: this id expired by retention; do not store it again."""
+    """String with a TTL: this id was cut by retention's `max_entries` (value `CUT`): not
+    stored again while its source still lists it. Earlier versions wrote `1` here for age as
+    well; such a tombstone is ignored, so what it hid comes back on the next poll."""
     return f"{PREFIX}gone:{entry_id}"
 
 
@@ -72,6 +77,18 @@ def host_inflight(host: str) -> str:
 def host_recent(host: str) -> str:
     """Sorted set: tokens of requests to `host` started in the last minute, by start time."""
     return f"{PREFIX}host:{host}:recent"
+
+
+def source_entries(name: str) -> str:
+    """Sorted set: the stored entries this source brought (its own, and those it merged into
+    another source's copy of the story), by date; `keep_per_source` keeps its newest."""
+    return f"{PREFIX}source:{name}:entries"
+
+
+def source_listed(name: str) -> str:
+    """Sorted set: the same ids, scored by when the source last listed them: +inf for those
+    its latest document lists (never removed by age), else the last time one did."""
+    return f"{PREFIX}source:{name}:listed"
 
 
 def source_guids(name: str) -> str:

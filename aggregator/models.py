@@ -302,6 +302,11 @@ _ZSTD = _Zstd()
 # --- per-source state ----------------------------------------------------------------------
 
 
+# What a full poll records of its document; a state without it was written by an earlier
+# version, which did not remember what each document listed (retention needs it).
+LISTING = "2"
+
+
 @dataclass(frozen=True, slots=True)
 class SourceState:
     """What we remember about polling one source; shown by `aggregator status`."""
@@ -316,13 +321,18 @@ class SourceState:
     failures: int = 0
     entries: int = 0
     new_entries: int = 0
-    stored: int = 0
+    stored: int = 0  # entries of this source stored now
     validators: Validators = field(default_factory=Validators)
     id_mode: str = "guid"
     moved_to: str = ""  # where a permanent redirect from `moved_from` led
     moved_from: str = ""
     gone: bool = False  # answered 410: not polled again on schedule
     body_hash: str = ""
+    # What the last full poll was made under: the version of what a poll records of its
+    # document (`LISTING`), and the source's filters; either differing means the next poll
+    # fetches and reads the document whole, whatever its validators say.
+    listing: str = ""
+    filters: str = ""
 
     def fetch_url(self, configured: str) -> str:
         """The URL to poll: the permanent redirect's target while feeds.yaml still names the

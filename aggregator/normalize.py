@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import html
 import logging
 import re
@@ -130,6 +131,24 @@ class Filter:
         return not self._matches(self._exclude, text)
 
 
+def filters_key(source: Source) -> str:
+    """A fingerprint of the source's filters ("" for none): a poll that finds it changed
+    reads the document whole and takes back the stored entries the filters now refuse."""
+    if not source.include and not source.exclude:
+        return ""
+    blob = "\n".join(("include", *source.include, "exclude", *source.exclude))
+    return hashlib.blake2b(blob.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def refused_by_filters(source: Source, entries: Iterable[Entry]) -> list[str]:
+    """The ids of stored `entries` that the source's filters refuse, tested on what
+    `normalize` tests: the title and the text of the content."""
+    keep = Filter(source.include, source.exclude)
+    if not keep.active:
+        return []
+    return [e.id for e in entries if not keep.keeps(e.title + "\n" + plain_text(e.content))]
+
+
 def normalize(
     source: Source,
     feed: ParsedFeed,
@@ -138,9 +157,11 @@ def normalize(
     fetched_at: datetime,
     source_title: str = "",
     id_mode: str = GUID,
+    refused: list[str] | None = None,
 ) -> list[Entry]:
     """Every entry of `feed` that passes the source's filters, once each, in document order.
-    `id_mode` is `guid`, or `link` for a source whose guids were found unusable."""
+    `id_mode` is `guid`, or `link` for a source whose guids were found unusable. The ids of
+    the entries the filters refuse are added to `refused`, when given."""
     keep = Filter(source.include, source.exclude)
     source_link = feed.link or feed_url
     entries: list[Entry] = []
@@ -156,6 +177,8 @@ def normalize(
         content = sanitize(parsed.content or parsed.summary, feed.base or base)
         summary = sanitize(parsed.summary, feed.base or base) if parsed.content else ""
         if keep.active and not keep.keeps(title + "\n" + plain_text(content)):
+            if refused is not None:
+                refused.append(ident)
             continue
         entry = Entry(
             id=ident,

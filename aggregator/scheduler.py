@@ -126,7 +126,8 @@ class Worker:
         self.config, self._fetcher = config, fetcher
         self._updater = Updater(config, self.store, fetcher, executor=executor, clock=self.clock)
         names = [s.name for s in config.enabled_sources]
-        await asyncio.to_thread(self.store.sync_sources, names, self.clock())
+        urls = {s.name: s.url for s in config.enabled_sources}
+        await asyncio.to_thread(self.store.sync_sources, names, self.clock(), urls)
         if old is not None:
             running = list(self._tasks)
             asyncio.get_running_loop().create_task(_close_after(old, running))

@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -63,9 +63,24 @@ DAY = 86400
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SaveResult:
+    """What one poll's save did: entries added, rewritten and merged into another source's
+    copy of the story; `cut`, entries of the document left out because retention's
+    max_entries cut them before (tombstoned); `new_ids`, the ids added."""
+
     new: int
     updated: int
     merged: int = 0
+    cut: int = 0
+    new_ids: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Retained:
+    """What one run of retention removed: `aged`, entries no source had listed for max_age;
+    `cut`, entries over the category's max_entries."""
+
+    aged: tuple[str, ...] = ()
+    cut: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,16 +115,15 @@ class Rendered:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Lifetimes:
-    """How long dedup keys and tombstones live (seconds); both outlast retention's max_age so a
-    story is recognized, and an expired one stays expired, for as long as it can matter."""
+    """How long tombstones live (seconds) after their source last listed the entry: they
+    outlast retention's max_age, so an entry cut by max_entries stays out while it is listed.
+    Dedup claims live as long as the entry they point at: retention deletes them with it."""
 
-    canon: int = 97 * DAY
     tombstone: int = 97 * DAY
 
     @classmethod
     def for_max_age(cls, max_age: float) -> Lifetimes:
-        seconds = int(max_age) + 7 * DAY
-        return cls(canon=seconds, tombstone=max(seconds, 30 * DAY))
+        return cls(tombstone=max(int(max_age) + 7 * DAY, 30 * DAY))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -240,15 +254,21 @@ class Store:
         next_due: datetime | None,
         *,
         guids: Mapping[str, str] | None = None,
+        listed_at: float | None = None,
     ) -> SaveResult:
         """Write one poll's result in one transaction: new entries with their indexes and dedup
         keys; changed ones (digest differs) in place, keeping their first-seen time and other
         sources, with `updated` set when the source gave none; a story another source already
         brought merged into that entry; the source's state, next due time and guid memory.
-        Unchanged entries and expired ones (tombstoned) are not written."""
+        Unchanged entries and those cut by max_entries (tombstoned) are not written. What
+        the document lists is remembered for retention; `listed_at` is when the previous
+        document was last confirmed (a 304 confirms it), the time the entries it listed and
+        this one does not were last listed."""
         return self._transaction(  # type: ignore[no-any-return]
             f"saving {source}",
-            lambda pipe: _SavePlan(self, pipe, source).run(entries, state, next_due, guids),
+            lambda pipe: _SavePlan(self, pipe, source).run(
+                entries, state, next_due, guids, listed_at
+            ),
         )
 
     def save_state(
@@ -275,36 +295,78 @@ class Store:
         return [None] * len(polls)
 
     def enforce_retention(
-        self, category: str, max_entries: int, max_age: float, now: datetime
-    ) -> int:
-        """Keep at most `max_entries` entries no older than `max_age` seconds in `category`.
-        An entry leaving its only category is deleted with every index entry, alias and dedup
-        claim, and its ids are tombstoned; one still filed elsewhere only leaves this
-        category. Returns how many left the category."""
-        index = keys.index("category", category)
-        cutoff = _ts(now - timedelta(seconds=max_age))
-        with _storage_errors(f"checking retention of {category}"):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zcard(index)
-            pipe.zrangebyscore(index, "-inf", f"({cutoff}", start=0, num=1)
-            count, old = pipe.execute()
-        if count <= max_entries and not old:
-            return 0
+        self,
+        category: str,
+        max_entries: int,
+        max_age: float,
+        now: datetime,
+        *,
+        source: str | None = None,
+        keep_per_source: int = 0,
+    ) -> Retained:
+        """settings.retention after a poll of `source` filed under `category`.
 
-        def attempt(pipe: Any) -> int:
+        By age, per source: an entry goes once `max_age` has passed since the last time its
+        source listed it (never while its latest document lists it), except the source's
+        `keep_per_source` newest, and only once every source it came through has let it go.
+        By count, per category: the newest `max_entries` stay; an entry leaving its only
+        category is deleted and tombstoned, so that its source, which may still list it, does
+        not bring it back. Deleted entries leave no index entry, alias or dedup claim."""
+        aged = self._age_out(source, max_age, keep_per_source, now) if source else []
+        return Retained(tuple(aged), tuple(self._cap(category, max_entries)))
+
+    def _age_out(self, source: str, max_age: float, keep: int, now: datetime) -> list[str]:
+        listed, own = keys.source_listed(source), keys.source_entries(source)
+        oldest = _ts(now) - max_age  # listed last before this: aged out
+        cutoff = f"({oldest}"
+        with _storage_errors(f"checking retention of {source}"):
+            if not self.client.zrangebyscore(listed, "-inf", cutoff, start=0, num=1):
+                return []
+
+        def attempt(pipe: Any) -> list[str]:
+            pipe.watch(listed, own)
+            kept = {str(_text(i)) for i in pipe.zrevrange(own, 0, keep - 1)} if keep else set()
+            old = [str(_text(i)) for i in pipe.zrangebyscore(listed, "-inf", cutoff)]
+            candidates = [i for i in old if i not in kept]
+            if not candidates:
+                pipe.multi()
+                return []
+            pipe.watch(*map(keys.entry, candidates))
+            stored = pipe.mget(list(map(keys.entry, candidates)))
+            held = {
+                ident
+                for ident, raw in zip(candidates, stored, strict=True)
+                if raw and _held_elsewhere(pipe, Entry.from_stored(raw), source, oldest, keep)
+            }
+            pipe.multi()
+            touched: set[str] = set()
+            gone = []
+            for ident, raw in zip(candidates, stored, strict=True):
+                if raw is None or ident in held:
+                    # Gone already, or another source still has it: this one let it go.
+                    pipe.zrem(listed, ident)
+                    pipe.zrem(own, ident)
+                    continue
+                _queue_forget(pipe, Entry.from_stored(raw), touched, tombstone=None)
+                gone.append(ident)
+            for key in touched:
+                pipe.incr(keys.version(key))
+            return gone
+
+        return self._transaction(f"enforcing retention of {source}", attempt)  # type: ignore[no-any-return]
+
+    def _cap(self, category: str, max_entries: int) -> list[str]:
+        index = keys.index("category", category)
+        with _storage_errors(f"checking retention of {category}"):
+            if int(self.client.zcard(index)) <= max_entries:
+                return []
+
+        def attempt(pipe: Any) -> list[str]:
             pipe.watch(index)
-            victims = [
-                str(_text(v))
-                for v in dict.fromkeys(
-                    [
-                        *pipe.zrangebyscore(index, "-inf", f"({cutoff}"),
-                        *pipe.zrevrange(index, max_entries, -1),
-                    ]
-                )
-            ]
+            victims = [str(_text(v)) for v in pipe.zrevrange(index, max_entries, -1)]
             if not victims:
                 pipe.multi()
-                return 0
+                return []
             entry_keys = [keys.entry(v) for v in victims]
             pipe.watch(*entry_keys)
             stored = pipe.mget(entry_keys)
@@ -316,22 +378,48 @@ class Store:
                     continue
                 entry = Entry.from_stored(raw)
                 if any(c != category for c in entry.all_categories):
-                    continue
-                pipe.delete(keys.entry(victim))
-                touched.add(keys.ALL)
-                pipe.zrem(keys.ALL, victim)
-                for tag in entry.all_tags:
-                    touched.add(keys.index("tag", tag))
-                    pipe.zrem(keys.index("tag", tag), victim)
-                for origin in entry.merged:
-                    pipe.delete(keys.alias(origin.id))
-                for ident in (victim, *(o.id for o in entry.merged)):
-                    pipe.set(keys.gone(ident), 1, ex=self.lifetimes.tombstone)
+                    continue  # still filed in another category: it only leaves this one
+                _queue_forget(pipe, entry, touched, tombstone=self.lifetimes.tombstone)
             for key in touched:
                 pipe.incr(keys.version(key))
-            return len(victims)
+            return victims
 
         return self._transaction(f"enforcing retention of {category}", attempt)  # type: ignore[no-any-return]
+
+    def drop_entries(self, source: str, ids: Sequence[str]) -> int:
+        """Take back what `source` brought of the entries `ids` (its filters now refuse them):
+        an entry only it brought is deleted with every trace; one another source brought
+        too stays for that source. Returns how many were deleted."""
+        if not ids:
+            return 0
+        listed, own = keys.source_listed(source), keys.source_entries(source)
+
+        def attempt(pipe: Any) -> int:
+            pipe.watch(*map(keys.entry, ids))
+            stored = pipe.mget(list(map(keys.entry, ids)))
+            pipe.multi()
+            touched: set[str] = set()
+            deleted = 0
+            for ident, raw in zip(ids, stored, strict=True):
+                entry = Entry.from_stored(raw) if raw else None
+                if entry is not None and entry.sources == (source,):
+                    _queue_forget(pipe, entry, touched, tombstone=None)
+                    deleted += 1
+                else:
+                    pipe.zrem(listed, ident)
+                    pipe.zrem(own, ident)
+            for key in touched:
+                pipe.incr(keys.version(key))
+            return deleted
+
+        return self._transaction(f"removing filtered entries of {source}", attempt)  # type: ignore[no-any-return]
+
+    def source_entries(self, source: str) -> list[Entry]:
+        """Every stored entry `source` brought, newest first."""
+        with _storage_errors(f"reading the entries of {source}"):
+            ids = [str(i) for i in self.client.zrevrange(keys.source_entries(source), 0, -1)]
+            raw = self.binary.mget([keys.entry(i) for i in ids]) if ids else []
+        return [Entry.from_stored(r) for r in raw if r]
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -418,12 +506,17 @@ class Store:
         return out
 
     def source_states(self, names: Sequence[str]) -> list[SourceState]:
+        """Each source's state, with `stored` counting the entries of it stored now."""
         with _storage_errors("reading source states"):
             pipe = self.client.pipeline(transaction=False)
             for name in names:
                 _queue_state_read(pipe, name)
+                pipe.zcard(keys.source_entries(name))
             replies = pipe.execute()
-        return [_state(name, replies[2 * i], replies[2 * i + 1]) for i, name in enumerate(names)]
+        return [
+            dataclasses.replace(_state(name, replies[3 * i], replies[3 * i + 1]), stored=count)
+            for i, (name, count) in enumerate(zip(names, replies[2::3], strict=True))
+        ]
 
     def previous_guids(self, source: str) -> dict[str, str]:
         """link → guid of the source's entries at its last full poll."""
@@ -433,17 +526,36 @@ class Store:
 
     # --- scheduling -----------------------------------------------------------------------
 
-    def sync_sources(self, names: Sequence[str], now: datetime) -> None:
-        """Make the due set hold exactly `names`: new sources are due now, gone ones leave."""
+    def sync_sources(
+        self, names: Sequence[str], now: datetime, urls: Mapping[str, str] | None = None
+    ) -> None:
+        """Make the due set hold exactly `names`: new sources are due now, gone ones leave.
+        With `urls` (name → configured URL): a source that answered 410 and whose URL has
+        been changed since is due now too (it was no longer scheduled)."""
         with _storage_errors("syncing sources"):
             present: set[str] = {str(n) for n in self.client.zrange(keys.DUE, 0, -1)}
+            revived = self._revived(urls or {})
             pipe = self.client.pipeline(transaction=True)
             gone = present - set(names)
             if gone:
                 pipe.zrem(keys.DUE, *gone)
             if names:
                 pipe.zadd(keys.DUE, {n: now.timestamp() for n in names}, nx=True)
+            if revived:
+                pipe.zadd(keys.DUE, {n: now.timestamp() for n in revived}, xx=True)
             pipe.execute()
+
+    def _revived(self, urls: Mapping[str, str]) -> list[str]:
+        """The sources of `urls` that answered 410 at a URL other than the one configured."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in urls:
+            pipe.hmget(keys.source(name), "gone", "url", "moved_from")
+        replies = pipe.execute() if urls else []
+        return [
+            name
+            for (name, url), (gone, polled, moved_from) in zip(urls.items(), replies, strict=True)
+            if gone == "1" and url not in (polled, moved_from)
+        ]
 
     def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
         """Take up to `limit` due sources, moving their due time to `lease_until` in the same
@@ -582,11 +694,9 @@ def _queue_state(
     next_due: datetime | None,
     new: int = 0,
 ) -> None:
-    """Queue the writes that record one poll: its state fields, the entries it added (`new`,
-    and `stored` counting them all), and its next due time unless None (left as it is)."""
+    """Queue the writes that record one poll: its state fields, the entries it added (`new`),
+    and its next due time unless None (left as it is)."""
     pipe.hset(keys.source(source), mapping={**state, "new": new})
-    if new:
-        pipe.hincrby(keys.source(source), "stored", new)
     if next_due is not None:
         pipe.zadd(keys.DUE, {source: _ts(next_due)})
 
@@ -597,6 +707,42 @@ def _queue_release(pipe: Any, slot: HostSlot, started: bool = True) -> None:
     pipe.zrem(keys.host_inflight(host), token)
     if not started:
         pipe.zrem(keys.host_recent(host), token)
+
+
+def _held_elsewhere(pipe: Any, entry: Entry, source: str, oldest: float, keep: int) -> bool:
+    """Whether a source of `entry` other than `source` still keeps it: listed it at `oldest`
+    or later, or counts it among its newest `keep`. (Read under WATCH: one call each.)"""
+    for other in entry.sources:
+        if other == source:
+            continue
+        seen = pipe.zscore(keys.source_listed(other), entry.id)
+        if seen is not None and float(seen) >= oldest:
+            return True
+        rank = pipe.zrevrank(keys.source_entries(other), entry.id) if keep else None
+        if rank is not None and rank < keep:
+            return True
+    return False
+
+
+def _queue_forget(pipe: Any, entry: Entry, touched: set[str], *, tombstone: int | None) -> None:
+    """Queue the deletion of `entry` with every trace: its index entries (their keys added to
+    `touched`, whose versions the caller bumps), its sources' memory of it, the aliases of the
+    copies merged into it and its dedup claims; with `tombstone` (seconds), a tombstone for
+    each of its ids, so that a source still listing it does not bring it back."""
+    pipe.delete(keys.entry(entry.id))
+    for index in _indexes(entry):
+        touched.add(index)
+        pipe.zrem(index, entry.id)
+    for source in entry.sources:
+        pipe.zrem(keys.source_listed(source), entry.id)
+        pipe.zrem(keys.source_entries(source), entry.id)
+    for origin in entry.merged:
+        pipe.delete(keys.alias(origin.id))
+    for key in dedup_keys(entry.link, entry.guid):
+        pipe.delete(keys.canon(key))
+    if tombstone is not None:
+        for ident in (entry.id, *(o.id for o in entry.merged)):
+            pipe.set(keys.gone(ident), keys.CUT, ex=tombstone)
 
 
 def _queue_state_read(pipe: Any, source: str) -> None:
@@ -617,13 +763,14 @@ def _state(name: str, data: dict[str, str], due: float | None) -> SourceState:
         failures=int(data.get("failures") or 0),
         entries=int(data.get("entries") or 0),
         new_entries=int(data.get("new") or 0),
-        stored=int(data.get("stored") or 0),
         validators=Validators(data.get("etag", ""), data.get("last_modified", "")),
         id_mode=data.get("id_mode") or "guid",
         moved_to=data.get("moved_to", ""),
         moved_from=data.get("moved_from", ""),
         gone=data.get("gone") == "1",
         body_hash=data.get("body_hash", ""),
+        listing=data.get("listing", ""),
+        filters=data.get("filters", ""),
     )
 
 
@@ -639,6 +786,7 @@ class _SavePlan:
         self.pending: dict[str, Entry] = {}  # entries to write, by id, in their final form
         self.indexes: list[tuple[str, float, str]] = []  # (index key, score, id) to add
         self.unindex: list[tuple[str, str]] = []  # (index key, id) to remove
+        self.listed: dict[str, float] = {}  # stored id → date, of what this document lists
 
     def run(
         self,
@@ -646,17 +794,19 @@ class _SavePlan:
         state: Mapping[str, str | int | float],
         next_due: datetime | None,
         guids: Mapping[str, str] | None,
+        listed_at: float | None,
     ) -> SaveResult:
-        pipe, lifetimes = self.pipe, self.store.lifetimes
+        pipe = self.pipe
         ids = [e.id for e in entries]
         claims = {e.id: [keys.canon(k) for k in dedup_keys(e.link, e.guid)] for e in entries}
         canon_keys = list(dict.fromkeys(k for ks in claims.values() for k in ks))
+        listed_key = keys.source_listed(self.source)
         watched = [*map(keys.entry, ids), *map(keys.alias, ids), *map(keys.gone, ids), *canon_keys]
-        if watched:
-            pipe.watch(*watched)
+        pipe.watch(listed_key, *watched)
+        previously = [str(_text(i)) for i in pipe.zrangebyscore(listed_key, "+inf", "+inf")]
         stored = pipe.mget(list(map(keys.entry, ids))) if ids else []
         aliases = [_text(a) for a in pipe.mget(list(map(keys.alias, ids)))] if ids else []
-        gone = pipe.mget(list(map(keys.gone, ids))) if ids else []
+        gone = [_text(g) for g in pipe.mget(list(map(keys.gone, ids)))] if ids else []
         owners = (
             dict(zip(canon_keys, map(_text, pipe.mget(canon_keys)), strict=True))
             if canon_keys
@@ -675,12 +825,18 @@ class _SavePlan:
                     loaded[entry.id] = entry
         pipe.multi()
 
-        new = updated = merged = 0
-        for entry, was_gone, alias in zip(entries, gone, aliases, strict=True):
-            if was_gone:
-                # Still in the source's document: keep it expired for as long as it is listed.
-                pipe.expire(keys.gone(entry.id), lifetimes.tombstone)
+        in_document = set(ids)
+        new_ids: list[str] = []
+        updated = merged = cut = 0
+        for entry, tombstone, alias in zip(entries, gone, aliases, strict=True):
+            if tombstone == keys.CUT:
+                # Cut by max_entries and still in the source's document: it stays out for as
+                # long as it is listed.
+                pipe.expire(keys.gone(entry.id), self.store.lifetimes.tombstone)
+                cut += 1
                 continue
+            if tombstone is not None:
+                pipe.delete(keys.gone(entry.id))  # an earlier version's: it hides nothing now
             current = self.pending.get(entry.id) or loaded.get(entry.id)
             if current is not None and current.source == self.source:
                 updated += self._update(current, entry, claims[entry.id])
@@ -691,17 +847,22 @@ class _SavePlan:
             )
             target = self.pending.get(target_id or "") or loaded.get(target_id or "")
             if target is not None and target.id != entry.id:
-                if target.source == self.source:
+                if target.source != self.source:
+                    merged += self._merge(target, entry)
+                    continue
+                if target.id not in in_document and target.id not in self.pending:
                     # The same story under a new id from the same source (its guid changed):
                     # it is still that source's entry, so its changes apply to the stored one.
                     pipe.set(keys.alias(entry.id), target.id)
                     same = dataclasses.replace(entry, id=target.id)
                     updated += self._update(target, same, claims[entry.id])
-                else:
-                    merged += self._merge(target, entry)
-                continue
-            self._add(entry, claims[entry.id], owners)
-            new += 1
+                    continue
+                # Listed beside it in one document: a distinct entry that shares its link
+                # (a podcast's episodes all linking to the show's page).
+                if alias:
+                    pipe.delete(keys.alias(entry.id))
+            self._add(entry, claims[entry.id], owners, loaded)
+            new_ids.append(entry.id)
 
         # One command per key, not per entry: a cold poll of 20 entries in 4 indexes is a
         # handful of commands instead of a hundred.
@@ -719,12 +880,26 @@ class _SavePlan:
             pipe.zrem(index, *idents)
         for index in additions.keys() | removals.keys():
             pipe.incr(keys.version(index))  # cached renderings of this index are stale now
-        _queue_state(pipe, self.source, state, next_due, new)
+        self._queue_listing(previously, listed_at)
+        _queue_state(pipe, self.source, state, next_due, len(new_ids))
         if guids is not None:
             pipe.delete(keys.source_guids(self.source))
             if guids:
                 pipe.hset(keys.source_guids(self.source), mapping=dict(guids))
-        return SaveResult(new, updated, merged)
+        return SaveResult(len(new_ids), updated, merged, cut, tuple(new_ids))
+
+    def _queue_listing(self, previously: Sequence[str], listed_at: float | None) -> None:
+        """Record what this document lists (settings.retention ages only what a source no
+        longer lists): its entries listed now, and for each one the last document listed but
+        this one does not, when it was last listed (the previous poll that confirmed it)."""
+        listed_key = keys.source_listed(self.source)
+        if self.listed:
+            self.pipe.zadd(listed_key, dict.fromkeys(self.listed, float("inf")))
+            self.pipe.zadd(keys.source_entries(self.source), self.listed)
+        dropped = [i for i in previously if i not in self.listed]
+        if dropped:
+            when = listed_at if listed_at is not None else _ts(datetime.now(UTC))
+            self.pipe.zadd(listed_key, dict.fromkeys(dropped, when))
 
     def _index(self, entry: Entry, score_of: Entry | None = None) -> None:
         score = _ts((score_of or entry).date)
@@ -732,18 +907,32 @@ class _SavePlan:
 
     def _claim(self, entry_id: str, claims: list[str]) -> None:
         for key in claims:
-            self.pipe.set(key, entry_id, ex=self.store.lifetimes.canon)
+            self.pipe.set(key, entry_id)
 
-    def _add(self, entry: Entry, claims: list[str], owners: dict[str, str | None]) -> None:
+    def _add(
+        self,
+        entry: Entry,
+        claims: list[str],
+        owners: dict[str, str | None],
+        loaded: Mapping[str, Entry],
+    ) -> None:
         stored = dataclasses.replace(entry, digest=entry.digest or entry_digest(entry), merged=())
         self.pending[entry.id] = stored
         self._index(stored)
-        unclaimed = [k for k in claims if owners.get(k) in (None, entry.id)]
+        self.listed[entry.id] = _ts(stored.date)
+        # A claim whose entry is gone (or was never written) is free.
+        unclaimed = [
+            k
+            for k in claims
+            if owners.get(k) in (None, entry.id)
+            or (owners[k] not in loaded and owners[k] not in self.pending)
+        ]
         self._claim(entry.id, unclaimed)
         for key in unclaimed:
             owners[key] = entry.id  # later entries of this batch merge into this one
 
     def _update(self, current: Entry, incoming: Entry, claims: list[str]) -> int:
+        self.listed[current.id] = _ts(current.date)
         digest = incoming.digest or entry_digest(incoming)
         if digest == current.digest:
             return 0
@@ -755,7 +944,10 @@ class _SavePlan:
             merged=current.merged,
             digest=digest,
         )
+        if current.merged:
+            changed = _best_of(changed, current)  # what the other sources gave stays
         self.pending[changed.id] = changed
+        self.listed[changed.id] = _ts(changed.date)
         for index in sorted(_indexes(current) - _indexes(changed)):
             self.unindex.append((index, changed.id))
         self._index(changed)
@@ -764,12 +956,33 @@ class _SavePlan:
 
     def _merge(self, target: Entry, incoming: Entry) -> int:
         """`incoming` is a copy of `target`'s story from this source: file the target where
-        this source files it too, and remember where it came from."""
+        this source files it too, remember where it came from, and fill in what the target
+        lacks and this copy has."""
         self.pipe.set(keys.alias(incoming.id), target.id)
-        if any(o.id == incoming.id for o in target.merged):
-            return 0
+        self.listed[target.id] = _ts(target.date)
+        known = any(o.id == incoming.id for o in target.merged)
         origin = Origin(self.source, incoming.id, incoming.category, incoming.tags)
-        combined = dataclasses.replace(target, merged=(*target.merged, origin))
+        combined = _best_of(
+            target if known else dataclasses.replace(target, merged=(*target.merged, origin)),
+            incoming,
+        )
+        if combined == target:
+            return 0
         self.pending[combined.id] = combined
         self._index(combined)
-        return 1
+        return 0 if known else 1
+
+
+# What a story's copies may fill in for each other: a copy without a title or a link never
+# blanks what another copy gave.
+_FILLED = ("title", "link", "content", "summary", "authors", "enclosures", "published")
+
+
+def _best_of(entry: Entry, other: Entry) -> Entry:
+    """`entry` with each of its empty fields taken from `other` where that has it."""
+    filled = {
+        name: getattr(other, name)
+        for name in _FILLED
+        if not getattr(entry, name) and getattr(other, name)
+    }
+    return dataclasses.replace(entry, **filled) if filled else entry

@@ -26,8 +26,8 @@ from aggregator.batch import Batcher
 from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import ParseError, SourceError, StorageError
-from aggregator.models import Entry, FetchResult, NotModified, SourceState
-from aggregator.normalize import future_dated, normalize
+from aggregator.models import LISTING, Entry, FetchResult, NotModified, SourceState, Validators
+from aggregator.normalize import filters_key, future_dated, normalize, refused_by_filters
 from aggregator.parse import parse
 from aggregator.store import Address, HostSlot, HostSlotRequest, StateWrite, Store
 
@@ -44,6 +44,7 @@ MAX_POLLS = 256  # polls under way at once in one process (`poll_many`)
 
 Clock = Callable[[], datetime]
 GONE = datetime(9999, 1, 1, tzinfo=UTC)  # the due time of a source that answered 410
+NO_VALIDATORS = Validators()
 
 
 def use_enough_threads() -> None:
@@ -79,11 +80,14 @@ class Outcome:
     ok: bool
     status: int = 0
     entries: int = 0
-    new: int = 0
+    new: int = 0  # added, and seen by subscribers now (not cut by retention)
     updated: int = 0
     not_modified: bool = False
     error: str = ""
     seconds: float = 0.0
+    merged: int = 0  # copies of stories another source had brought: filed with those
+    filtered: int = 0  # refused by the source's include/exclude
+    cut: int = 0  # left out by retention's max_entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ class Processed:
     guids: dict[str, str]  # link → guid, remembered for the next poll
     ttl: float | None = None  # RSS <ttl>, in seconds
     future_dated: int = 0  # entries dated far ahead of the fetch, clamped to it
+    refused: tuple[str, ...] = ()  # ids of the entries the source's filters refused
 
 
 def process(
@@ -114,6 +119,7 @@ def process(
     problem = identity.guid_problem(pairs, previous_guids or {})
     if problem is not None:
         id_mode = identity.LINK
+    refused: list[str] = []
     entries = normalize(
         source,
         feed,
@@ -121,9 +127,18 @@ def process(
         fetched_at=fetched_at,
         source_title=source.title or "",
         id_mode=id_mode,
+        refused=refused,
     )
-    guids = {link.strip(): guid.strip() for guid, link in pairs if guid.strip() and link.strip()}
-    return Processed(entries, id_mode, problem, guids, feed.ttl, future_dated(feed, fetched_at))
+    guids = identity.guids_by_link(pairs)
+    return Processed(
+        entries,
+        id_mode,
+        problem,
+        guids,
+        feed.ttl,
+        future_dated(feed, fetched_at),
+        tuple(refused),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +151,9 @@ class Changed:
     id_mode: str  # the source's identity mode so far
     state: dict[str, str | int | float]  # what the poll records, but for the entries
     interval: float  # the source's configured interval, in seconds
-    retention: tuple[int, float]  # the category's max entries and max age (seconds)
+    retention: tuple[int, float, int]  # max entries, max age (seconds), keep per source
+    listed_at: float | None = None  # when the previous document was last confirmed
+    refilter: bool = False  # the filters changed: take back what they refuse now
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +163,9 @@ class Stored:
     entries: int
     new: int
     updated: int
+    merged: int = 0
+    filtered: int = 0
+    cut: int = 0
 
 
 def store_changed(store: Store | Address, changed: Changed) -> Stored:
@@ -165,11 +185,17 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
             changed.id_mode,
             target.previous_guids(source.name),
         )
+        if changed.refilter:
+            target.drop_entries(
+                source.name, refused_by_filters(source, target.source_entries(source.name))
+            )
         state = {
             **changed.state,
-            "entries": len(processed.entries),
+            "entries": len(processed.entries) + len(processed.refused),
             "id_mode": processed.id_mode,
             "future_dated": processed.future_dated,
+            "listing": LISTING,
+            "filters": filters_key(source),
         }
         if processed.guid_problem:
             state["id_note"] = f"ids from links: {processed.guid_problem}"
@@ -180,13 +206,32 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
             state,
             schedule.next_due(now, interval),
             guids=processed.guids,
+            listed_at=changed.listed_at,
         )
-        target.enforce_retention(source.category_name, *changed.retention, now)
+        max_entries, max_age, keep = changed.retention
+        retained = target.enforce_retention(
+            source.category_name,
+            max_entries,
+            max_age,
+            now,
+            source=source.name,
+            keep_per_source=keep,
+        )
     except BaseException:
         if target is not store:
             target.forget()  # a bound may have cut a Redis reply short: reconnect next time
         raise
-    return Stored(len(processed.entries), result.new, result.updated)
+    # What subscribers see: the document's entries that max_entries cut now are not new.
+    cut = set(retained.cut)
+    listed = {e.id for e in processed.entries} | set(result.new_ids)
+    return Stored(
+        entries=len(processed.entries) + len(processed.refused),
+        new=len(set(result.new_ids) - cut),
+        updated=result.updated,
+        merged=result.merged,
+        filtered=len(processed.refused),
+        cut=result.cut + len(listed & cut),
+    )
 
 
 @dataclass(eq=False, slots=True)
@@ -248,8 +293,12 @@ class Updater:
         def outcome(ok: bool, status: int, **values: Any) -> Outcome:
             return Outcome(source.name, ok, status, seconds=time.perf_counter() - started, **values)
 
+        # A document read under an earlier version, or under other filters, is read whole
+        # again: what it lists must be recorded, what the filters refuse taken back.
+        filters = filters_key(source)
+        whole = previous.listing != LISTING or previous.filters != filters
         try:
-            fetched = await self.fetcher.fetch(url, previous.validators)
+            fetched = await self.fetcher.fetch(url, NO_VALIDATORS if whole else previous.validators)
             # The server's new validators are kept only once this answer has been read whole:
             # after a parse failure the next poll must fetch the document again, not get a 304.
             succeeded: dict[str, str | int | float] = {
@@ -265,7 +314,8 @@ class Updater:
             elif url != previous.moved_to:
                 state.update(moved_to="", moved_from="")  # feeds.yaml names a new URL
             unchanged = isinstance(fetched, NotModified) or (
-                not fetched.validators.etag
+                not whole
+                and not fetched.validators.etag
                 and not fetched.validators.last_modified
                 and _hash(fetched.body) == previous.body_hash
             )
@@ -295,7 +345,9 @@ class Updater:
                     "body_hash": _hash(fetched.body),
                 },
                 interval,
-                (retention.max_entries, retention.max_age),
+                (retention.max_entries, retention.max_age, retention.keep_per_source),
+                listed_at=previous.last_success.timestamp() if previous.last_success else None,
+                refilter=previous.filters != filters,
             )
             stored = await self._store_changed(changed)
         except SourceError as err:
@@ -303,7 +355,14 @@ class Updater:
         finally:
             await self._give_back(slot)  # unless it was: a poll that raised gives it back here
         return outcome(
-            True, fetched.status, entries=stored.entries, new=stored.new, updated=stored.updated
+            True,
+            fetched.status,
+            entries=stored.entries,
+            new=stored.new,
+            updated=stored.updated,
+            merged=stored.merged,
+            filtered=stored.filtered,
+            cut=stored.cut,
         )
 
     async def _failed(

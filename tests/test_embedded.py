@@ -63,7 +63,7 @@ def test_run_embeds_redis_keeps_data_and_leaves_nothing_running(
     site = tmp_path / "site"
     site.mkdir()
     (site / "feeds.yaml").write_text(
-        "settings: {min_interval: 1s, data_dir: data, retention: {max_age: 10000d}}\n"
+        "settings: {min_interval: 1s, data_dir: data}\n"
         f"sources: [{{name: tech, url: '{feed_server.url('rss2.xml')}', tags: [tech]}}]\n",
         encoding="utf-8",
     )

@@ -91,7 +91,16 @@ def get(url: str) -> bytes:
 def test_poll_then_merged_tag_feed_in_three_formats(site: dict[str, str], web: str) -> None:
     first = cli("poll", env=site)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "5 ok, 0 failed" in first.stdout
+    # what the summary calls new is what the feeds now serve (all.atom: 14 entries)
+    assert "5 ok, 0 failed, 14 new entries, 0 merged, 0 filtered, 0 cut by max_entries" in (
+        first.stdout
+    )
+    status = cli("status", env=site)
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in status.stdout.splitlines()]
+    rows = {row[0]: row for row in cells if row}
+    # source, enabled, last poll, status, entries, stored: the 2022 article is kept
+    assert [rows["jingjiribao"][i] for i in (1, 3, 4, 5)] == ["yes", "200", "3", "3"], rows
+    assert [rows["rdf"][i] for i in (3, 4, 5)] == ["200", "2", "2"], rows
 
     path = f"/tags/{quote(TAG)}"
     atom = get(web + path + ".atom")

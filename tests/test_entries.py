@@ -188,13 +188,15 @@ def test_retention_by_count_removes_every_trace_and_keeps_expired_out(
     )
     config = write_config.write(
         [{"name": "r", "url": feed_server.url("r.xml"), "category": "c", "tags": ["t"]}],
-        settings={"retention": {"max_entries": 4, "max_age": "10000d"}},
+        settings={"retention": {"max_entries": 4}},
     )
     (outcome,) = poll(config, store, "r")
-    assert outcome.new == 6
+    # what subscribers can see is new; the two oldest were cut at once
+    assert (outcome.entries, outcome.new, outcome.cut) == (6, 4, 2)
     kept = store.entries("category", "c")
     assert [e.title for e in kept] == ["t5", "t4", "t3", "t2"]
     assert store.count("tag", "t") == store.count("all") == 4
+    assert store.source_states(["r"])[0].stored == 4
     entry_keys = [k for k in store.client.scan_iter(keys.PREFIX + "entry:*")]
     assert len(entry_keys) == 4, "no orphaned entry left behind"
     # the two oldest are still in the source's document: a new poll must not bring them back
@@ -202,30 +204,101 @@ def test_retention_by_count_removes_every_trace_and_keeps_expired_out(
         "r.xml", rss([(f"g{i}", f"https://r.example/{i}", f"t{i}", DATES[i]) for i in range(7)])
     )
     (again,) = poll(config, store, "r")
-    assert again.new == 1
+    assert (again.new, again.cut) == (1, 3)  # t0 and t1 kept out, t2 cut now
     assert [e.title for e in store.entries("category", "c")] == ["t6", "t5", "t4", "t3"]
 
 
-def test_retention_by_age(
+OLD = "Sun, 01 Jan 2017 08:00:00 +0800"
+
+
+def test_an_old_dated_entry_stays_while_its_source_lists_it(
     store: Store, write_config: ConfigWriter, feed_server: FeedServer
 ) -> None:
-    old = "Mon, 01 Jan 2024 08:00:00 +0800"  # five months before NOW
     feed_server.put(
         "age.xml",
         rss(
             [
-                ("old", "https://a.example/old", "old", old),
+                ("old", "https://a.example/old", "old", OLD),
                 ("new", "https://a.example/new", "new", DATES[8]),
             ]
         ),
     )
     config = write_config.write(
         [{"name": "age", "url": feed_server.url("age.xml"), "tags": ["t"]}],
-        settings={"retention": {"max_age": "90d"}},
+        settings={"retention": {"max_age": "90d", "keep_per_source": 0}},
     )
-    poll(config, store, "age")
-    assert [e.title for e in store.entries("all")] == ["new"]
-    assert store.count("tag", "t") == 1
+    day = timedelta(days=1)
+    (first,) = poll_now(config, store, ["age"], NOW)
+    assert (first.new, first.cut) == (2, 0)
+    assert sorted(e.title for e in store.entries("tag", "t")) == ["new", "old"]
+    # listed for 200 days, however old its date: never removed by age
+    (confirmed,) = poll_now(config, store, ["age"], NOW + 200 * day)
+    assert confirmed.not_modified
+    feed_server.put("age.xml", rss([("new", "https://a.example/new", "new", DATES[8])]))
+    poll_now(config, store, ["age"], NOW + 201 * day)
+    assert sorted(e.title for e in store.entries("all")) == ["new", "old"]
+    # no longer listed: it goes max_age after the poll that last listed it (day 200)
+    feed_server.put(
+        "age.xml",
+        rss(
+            [
+                ("new", "https://a.example/new", "new", DATES[8]),
+                ("n2", "https://a.example/2", "n2", OLD),
+            ]
+        ),
+    )
+    poll_now(config, store, ["age"], NOW + 289 * day)
+    assert sorted(e.title for e in store.entries("all")) == ["n2", "new", "old"]
+    feed_server.put("age.xml", rss([("new", "https://a.example/new", "new", DATES[8])]))
+    poll_now(config, store, ["age"], NOW + 291 * day)
+    assert sorted(e.title for e in store.entries("all")) == ["n2", "new"]
+    assert store.count("tag", "t") == 2
+    assert store.source_states(["age"])[0].stored == 2
+    assert not list(store.client.scan_iter(keys.PREFIX + "gone:*")), (
+        "no tombstone: if it is listed again, it is back"
+    )
+
+
+def test_each_source_keeps_its_newest_against_the_age_rule(
+    store: Store, write_config: ConfigWriter, feed_server: FeedServer
+) -> None:
+    first = [(f"a{i}", f"https://k.example/{i}", f"a{i}", DATES[i]) for i in range(3)]
+    feed_server.put("k.xml", rss(first))
+    config = write_config.write(
+        [{"name": "k", "url": feed_server.url("k.xml")}],
+        settings={"retention": {"max_age": "90d", "keep_per_source": 2}},
+    )
+    day = timedelta(days=1)
+    poll_now(config, store, ["k"], NOW)
+    feed_server.put("k.xml", rss([("d", "https://k.example/d", "d", OLD)]))
+    poll_now(config, store, ["k"], NOW + day)
+    feed_server.put(
+        "k.xml",
+        rss([("d", "https://k.example/d", "d", OLD), ("e", "https://k.example/e", "e", OLD)]),
+    )
+    poll_now(config, store, ["k"], NOW + 100 * day)
+    # a0-a2 were last listed on day 0; of them, the source's two newest by date stay
+    assert sorted(e.title for e in store.entries("all")) == ["a1", "a2", "d", "e"]
+
+
+def test_a_store_of_the_earlier_version_gets_back_what_age_had_hidden(
+    store: Store, write_config: ConfigWriter, feed_server: FeedServer
+) -> None:
+    feed_server.put("up.xml", rss([("g", "https://u.example/1", "hidden", OLD)]))
+    config = write_config.write([{"name": "up", "url": feed_server.url("up.xml")}])
+    poll(config, store, "up")
+    (entry,) = store.entries("all")
+    # What the earlier version left: the entry deleted by age and tombstoned, the source's
+    # state with validators but no record of what its document listed.
+    store.drop_entries("up", [entry.id])
+    store.client.set(keys.gone(entry.id), 1)
+    store.client.hdel(keys.source("up"), "listing")
+    feed_server.requests.clear()
+    (again,) = poll(config, store, "up")
+    assert "If-None-Match" not in feed_server.requests[0].headers, "read whole, once"
+    assert (again.new, again.cut) == (1, 0)
+    assert [e.title for e in store.entries("all")] == ["hidden"]
+    assert poll(config, store, "up")[0].not_modified  # and conditional again after that
 
 
 def test_retention_keeps_a_merged_entry_filed_in_another_category(
@@ -249,10 +322,102 @@ def test_retention_keeps_a_merged_entry_filed_in_another_category(
     )
     poll(config, store, "p", "m")
     assert store.count("category", "cm") == 1
-    assert store.enforce_retention("cp", 1, 10**9, NOW) == 1
+    assert len(store.enforce_retention("cp", 1, 10**9, NOW).cut) == 1
     assert [e.title for e in store.entries("category", "cp")] == ["newer"]
     assert [e.title for e in store.entries("category", "cm")] == ["story"]
     assert store.count("all") == 2
+
+
+def test_a_merged_entry_stays_while_another_source_lists_it(
+    store: Store, write_config: ConfigWriter, feed_server: FeedServer
+) -> None:
+    feed_server.put("p.xml", rss([("p", "https://s.example/story", "story", OLD)]))
+    feed_server.put("m.xml", rss([("m", "https://s.example/story", "story", OLD)]))
+    config = write_config.write(
+        [
+            {"name": "p", "url": feed_server.url("p.xml")},
+            {"name": "m", "url": feed_server.url("m.xml")},
+        ],
+        settings={"retention": {"keep_per_source": 0}},
+    )
+    day = timedelta(days=1)
+    poll_now(config, store, ["p", "m"], NOW)
+    feed_server.put("p.xml", rss([("p2", "https://s.example/2", "other", OLD)]))
+    poll_now(config, store, ["p"], NOW + day)
+    feed_server.put("p.xml", rss([("p3", "https://s.example/3", "third", OLD)]))
+    poll_now(config, store, ["p"], NOW + 200 * day)
+    # p let the story go 199 days ago, but m still lists it; "other", listed only on day 1,
+    # is gone
+    assert sorted(e.title for e in store.entries("all")) == ["story", "third"]
+
+
+def test_one_sources_items_sharing_a_link_are_distinct_entries(
+    store: Store, write_config: ConfigWriter, feed_server: FeedServer
+) -> None:
+    show = "https://pod.example/show"
+    feed_server.put("pod.xml", rss([(f"ep{i}", show, f"Episode {i}", DATES[i]) for i in range(3)]))
+    config = write_config.write([{"name": "pod", "url": feed_server.url("pod.xml")}])
+    (first,) = poll(config, store, "pod")
+    assert (first.new, first.merged) == (3, 0)
+    assert [e.title for e in store.entries("all")] == ["Episode 2", "Episode 1", "Episode 0"]
+    feed_server.put("pod.xml", rss([(f"ep{i}", show, f"Episode {i}", DATES[i]) for i in range(4)]))
+    (second,) = poll(config, store, "pod")
+    assert (second.new, second.updated) == (1, 0), second
+    assert store.count("all") == 4
+
+
+def test_a_merged_story_keeps_the_best_of_each_source(
+    store: Store, write_config: ConfigWriter, feed_server: FeedServer
+) -> None:
+    guid = "http://same.example/story/1"
+    feed_server.put("bare.xml", rss([(guid, "", "", DATES[0])]))
+    feed_server.put("full.xml", rss([(guid, "https://same.example/story/1", "有标题", DATES[0])]))
+    config = write_config.write(
+        [
+            {"name": "bare", "url": feed_server.url("bare.xml")},
+            {"name": "full", "url": feed_server.url("full.xml")},
+        ]
+    )
+    poll(config, store, "bare")
+    (merged,) = poll(config, store, "full")
+    assert merged.merged == 1
+    (entry,) = store.entries("all")
+    assert (entry.title, entry.link) == ("有标题", "https://same.example/story/1")
+    assert sorted(entry.sources) == ["bare", "full"]
+    # the bare source polled again (changed elsewhere) does not blank them
+    feed_server.put(
+        "bare.xml", rss([(guid, "", "", DATES[0]), ("x", "https://b.example/x", "x", DATES[1])])
+    )
+    poll(config, store, "bare")
+    (entry,) = [e for e in store.entries("all") if e.guid == guid]
+    assert (entry.title, entry.link) == ("有标题", "https://same.example/story/1")
+
+
+def test_changed_filters_take_back_stored_entries_on_the_next_poll(
+    store: Store, write_config: ConfigWriter, feed_server: FeedServer
+) -> None:
+    items = [
+        ("a", "https://f.example/a", "稳就业新举措", DATES[0]),
+        ("b", "https://f.example/b", "广告：限时优惠", DATES[1]),
+        ("c", "https://f.example/c", "直播带岗", DATES[2]),
+    ]
+    feed_server.put("f.xml", rss(items))
+    source = {"name": "f", "url": feed_server.url("f.xml"), "tags": ["t"]}
+    config = write_config.write([source])
+    assert poll(config, store, "f")[0].new == 3
+    config = write_config.write([{**source, "exclude": ["广告"]}])
+    (excluded,) = poll(config, store, "f")  # the server would answer 304: read whole anyway
+    assert not excluded.not_modified
+    assert (excluded.new, excluded.filtered) == (0, 1)
+    assert sorted(e.title for e in store.entries("tag", "t")) == ["直播带岗", "稳就业新举措"]
+    config = write_config.write([{**source, "include": ["稳就业"]}])
+    (included,) = poll(config, store, "f")
+    assert (included.new, included.filtered) == (0, 2)
+    assert [e.title for e in store.entries("all")] == ["稳就业新举措"]
+    assert store.source_states(["f"])[0].stored == 1
+    config = write_config.write([source])
+    assert poll(config, store, "f")[0].new == 2  # filters gone: the others are back
+    assert poll(config, store, "f")[0].not_modified
 
 
 def test_two_sources_polled_at_once_store_the_story_once(
@@ -290,9 +455,12 @@ def test_expired_entries_leave_no_alias_behind(
     )
     poll(config, store, "a", "b")
     assert list(store.client.scan_iter(keys.PREFIX + "alias:*"))
-    assert store.enforce_retention("c", 1, 1, NOW + timedelta(days=3650)) == 1
-    assert list(store.client.scan_iter(keys.PREFIX + "alias:*")) == []
-    assert list(store.client.scan_iter(keys.PREFIX + "entry:*")) == []
+    assert len(store.enforce_retention("c", 0, 1, NOW).cut) == 1
+    for kind in ("alias", "entry", "canon", "source:a:*", "source:b:*"):
+        leftover = [
+            k for k in store.client.scan_iter(keys.PREFIX + kind + "*") if ":guids" not in k
+        ]
+        assert leftover == [], kind
     assert len(list(store.client.scan_iter(keys.PREFIX + "gone:*"))) == 2
 
 

@@ -593,7 +593,7 @@ def test_conflict_leaves_nothing_half_written(
     batch = [make_entry("a"), make_entry("b"), dataclasses.replace(base, tags=("new",))]
     with store.binary.pipeline(transaction=True) as pipe:
         store_module._SavePlan(store, pipe, "src").run(
-            batch, {"status": 201, "entries": 3}, T0 + timedelta(hours=1), None
+            batch, {"status": 201, "entries": 3}, T0 + timedelta(hours=1), None, None
         )
         with pytest.raises(redis.WatchError):
             pipe.execute()

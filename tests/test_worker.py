@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from aggregator import config as config_module
 from aggregator.scheduler import Worker
 from aggregator.store import Store
-from tests.conftest import ConfigWriter, FeedServer
+from tests.conftest import ConfigWriter, FeedServer, Route
 
 
 @contextmanager
@@ -111,3 +111,20 @@ def test_reload_applies_the_new_file(
         store.request_reload()
         time.sleep(0.5)
     assert {r.path for r in feed_server.requests} == {"/rss2.xml", "/feed.json"}
+
+
+def test_a_gone_source_whose_url_changes_is_scheduled_again(
+    write_config: ConfigWriter, feed_server: FeedServer, store: Store
+) -> None:
+    feed_server.routes["/old.xml"] = Route(410)
+    source = {"name": "moved", "url": feed_server.url("old.xml"), "tags": ["m"], "interval": "1h"}
+    write_config.write([source])
+    with running(store):
+        eventually(lambda: store.source_states(["moved"])[0].gone)
+        # the editor finds the feed's new address and reloads
+        write_config.write([{**source, "url": feed_server.url("rss2.xml")}])
+        store.request_reload()
+        eventually(lambda: store.count("tag", "m") == 3)
+    (state,) = store.source_states(["moved"])
+    assert not state.gone and state.status == 200
+    assert state.next_due is not None and state.next_due.year < 9999
