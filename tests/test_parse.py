@@ -623,3 +623,15 @@ def test_netscape_rss091_still_recognised() -> None:
 def test_unclosed_doctype_swallows_the_document(body: bytes) -> None:
     with pytest.raises(ParseError, match="not an RSS, Atom or JSON feed"):
         parse(body, url=BASE + "broken.xml")
+
+
+def test_atom_03_base64_text_is_decoded() -> None:
+    body = (
+        b'<?xml version="1.0" encoding="utf-8"?>\n<feed version="0.3" xmlns="http://purl.org/atom/ns#">'
+        b"<title>T</title><entry><id>tag:x.example,2004:1</id>"
+        b'<title type="text/plain" mode="base64">SGVsbG8g5LiW55WM</title>'
+        b'<link rel="alternate" type="text/html" href="http://x.example/1"/>'
+        b"<issued>2004-01-01T00:00:00Z</issued></entry></feed>"
+    )
+    (entry,) = parse(body, "http://x.example/feed", "application/xml").entries
+    assert entry.title == "Hello 世界"
