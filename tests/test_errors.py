@@ -3,14 +3,25 @@ and in the stored last_error, however deep the cause and wherever it was raised.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from datetime import UTC, datetime
 
 import pytest
 
-from aggregator.errors import MAX_DETAIL, FetchError, ParseError, SourceError, one_line
-from aggregator.store import Store
-from tests.conftest import ConfigWriter, free_port, poll_now
+from aggregator.bounded import ParsePool
+from aggregator.errors import (
+    MAX_DETAIL,
+    FetchError,
+    ParseError,
+    SourceError,
+    StorageError,
+    one_line,
+)
+from aggregator.fetch import Fetcher
+from aggregator.store import Address, Store
+from aggregator.update import Updater
+from tests.conftest import ConfigWriter, FeedServer, free_port, poll_now
 
 URL = "https://feeds.example.cn/rss.xml"
 
@@ -83,3 +94,28 @@ def test_the_stored_last_error_is_the_one_line(write_config: ConfigWriter, store
     assert not outcome.ok and outcome.error == expected
     (state,) = store.source_states(["closed"])
     assert state.last_error == expected and state.failures == 1
+
+
+def test_redis_failing_in_the_parse_pool_is_a_storage_error(
+    write_config: ConfigWriter, feed_server: FeedServer, redis_url: str
+) -> None:
+    # The worker reaches Redis by the store's address; a cluster it cannot reach fails with
+    # redis-py's RedisClusterException, which is no RedisError: still Redis, never "parse".
+    config = write_config.write([{"name": "rss", "url": feed_server.url("rss2.xml")}])
+    store = Store.from_url(redis_url)
+    assert store.address is not None
+    dead = f"redis+cluster://127.0.0.1:{free_port()}"
+    store.address = Address(dead, store.address.lifetimes)
+
+    async def poll() -> None:
+        async with Fetcher(config.settings) as fetcher:
+            updater = Updater(config, store, fetcher, executor=pool)
+            await updater.poll(config.source("rss"))
+
+    try:
+        with ParsePool(1, seconds=20) as pool, pytest.raises(StorageError) as info:
+            asyncio.run(poll())
+    finally:
+        store.close()
+    assert "Redis" in str(info.value) and "rss" in str(info.value)
+    assert not isinstance(info.value, SourceError)
