@@ -115,10 +115,15 @@ def test_a_source_on_127_0_0_1_is_refused_and_never_asked(feed_server: FeedServe
 
 
 def test_with_the_setting_off_nothing_changes(feed_server: FeedServer) -> None:
-    result = fetch(feed_server.url("rss2.xml"), guarded(block_private_addresses=False))
+    names = Names({})  # asked nothing: the shared client resolves as it always did
+    off = guarded(block_private_addresses=False)
+    result = fetch(feed_server.url("rss2.xml"), off, AddressPolicy(), names)
     assert isinstance(result, FetchResult)
     assert result.body == (FEEDS / "rss2.xml").read_bytes()
     assert len(feed_server.requests) == 1
+    result = fetch(f"http://localhost:{feed_server.port}/atom.xml", off, AddressPolicy(), names)
+    assert isinstance(result, FetchResult) and len(feed_server.requests) == 2
+    assert names.asked == []
 
 
 @pytest.mark.parametrize(
