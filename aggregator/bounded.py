@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import multiprocessing
 import os
 import resource
@@ -43,6 +44,8 @@ from aggregator.errors import ParseError
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SECONDS = 30.0
 DEFAULT_MEMORY_BYTES = 1 << 30  # 1 GiB: feedparser holds a 10 MB feed in well under 200 MiB
@@ -282,7 +285,10 @@ class ParsePool(Executor):
         try:
             return await asyncio.wrap_future(self.submit(fn, *args))
         except LimitExceeded as err:
-            raise ParseError(url, err.reason) from err
+            # The reason is for people ("took longer than 30s"); which signal in which
+            # worker is for the log.
+            log.debug("parse %s: %s", url, err.detail)
+            raise ParseError(url, err.reason, detail="") from err
 
     # --- recovery -------------------------------------------------------------------------
 

@@ -11,12 +11,26 @@ this process's event loop little to do (1,000 conditional GETs: 0.24 s against a
 0.37 s here, `bench/http_clients.py`).
 Redirects are followed here, hop by hop, to tell permanent ones from temporary ones and to
 refuse any that leaves http(s). feedparser's own fetching is never used: it has no timeout.
+
+With `settings.block_private_addresses`, each hop's host is resolved here, once, judged by
+`aggregator.addresses`, and the request is sent by a client pinned to the address judged
+(reqwest's static resolution: it does no lookup of its own, so a second DNS answer cannot
+point the connection elsewhere). A refused hop makes no request. With the setting off, nothing
+of this runs: the shared client resolves and connects as it always did.
+
+A failure is a `FetchError` whose reason is one line a person reads ("connection refused by
+127.0.0.1:9", "DNS lookup failed for feeds.example.com"); the HTTP client's chain of causes
+goes to the debug log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -24,13 +38,19 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
+from aggregator.addresses import AddressPolicy, IPAddress, parse_address
 from aggregator.config import Settings
 from aggregator.errors import FetchError
 from aggregator.models import FetchResult, NotModified, Validators
 
 if TYPE_CHECKING:
-    from pyreqwest.client import Client
+    from pyreqwest.client import Client, ClientBuilder
+    from pyreqwest.exceptions import PyreqwestError
     from pyreqwest.response import Response
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 
 ACCEPT = (
     "application/atom+xml, application/rss+xml, application/feed+json, application/rdf+xml;q=0.9,"
@@ -41,24 +61,58 @@ REDIRECTS = frozenset((301, 302, 303, 307, 308))
 PERMANENT = frozenset((301, 308))  # RFC 9110 §15.4.2, §15.4.9
 NO_VALIDATORS = Validators()
 CLOSE_GRACE_SECONDS = 0.05
+PINNED_CLIENTS = 128  # clients pinned to one checked address each, the most recent kept
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """The addresses `host` resolves to, in the system resolver's order, each once. Raises
+    OSError (socket.gaierror) when it resolves to none."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    found: dict[IPAddress, None] = {}
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            address = parse_address(str(sockaddr[0]))
+            if address is not None:
+                found[address] = None
+    return list(found)
 
 
 class Fetcher:
     """An HTTP client shared by every poll of one process. Use as `async with Fetcher(...)`."""
 
-    def __init__(self, settings: Settings, *, max_connections: int = 256) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_connections: int = 256,
+        addresses: AddressPolicy | None = None,
+        resolver: Resolver = resolve,
+    ) -> None:
+        """`addresses` is the policy `settings.block_private_addresses` enforces (by default,
+        every address not globally reachable is refused); `resolver` looks hosts up for it.
+        Neither is used with the setting off."""
         self._settings = settings
         self._max_connections = max_connections
         self._client: Client | None = None
+        self._guard = (addresses or AddressPolicy()) if settings.block_private_addresses else None
+        self._resolve = resolver
+        self._pinned: OrderedDict[tuple[str, IPAddress], Client] = OrderedDict()
 
     async def __aenter__(self) -> Fetcher:
+        self._client = self._builder().build()
+        return self
+
+    def _builder(self) -> ClientBuilder:
+        """A client builder with every setting a fetch keeps."""
         # Loaded here, not with the module: pyreqwest reserves a gigabyte of address space
         # when imported, which would break the address-space bound of the parse pool's
         # workers (aggregator/bounded.py), and they import whatever the main module does.
         from pyreqwest.client import ClientBuilder
 
         settings = self._settings
-        self._client = (
+        return (
             ClientBuilder()
             .user_agent(settings.agent)
             .default_headers({"Accept": ACCEPT})
@@ -76,9 +130,7 @@ class Fetcher:
             .http1_allow_obsolete_multiline_headers_in_responses(True)
             .http1_allow_spaces_after_header_name_in_responses(True)
             .http1_ignore_invalid_headers_in_responses(True)
-            .build()
         )
-        return self
 
     async def __aexit__(
         self,
@@ -87,7 +139,10 @@ class Fetcher:
         tb: TracebackType | None,
     ) -> None:
         if self._client is not None:
-            await self._client.close()
+            pinned = list(self._pinned.values())
+            self._pinned.clear()
+            for client in (self._client, *pinned):
+                await client.close()
             self._client = None
             # pyreqwest's thread lets go of the client's Python objects just after close()
             # returns; a process that exits meanwhile may abort in its finalization
@@ -107,6 +162,8 @@ class Fetcher:
         hop_url, hops, moved, permanent = url, 0, "", True
         try:
             while True:
+                if self._guard is not None:  # settings.block_private_addresses
+                    client = await self._checked_client(self._guard, url, hop_url, deadline)
                 request = client.get(hop_url)
                 if validators.etag:
                     request = request.header("If-None-Match", validators.etag)
@@ -136,12 +193,66 @@ class Fetcher:
         except FetchError:
             raise
         except TimeoutError as err:  # pyreqwest's timeouts are TimeoutErrors too
-            raise FetchError(url, f"timed out after {settings.timeout:g}s") from err
+            log.debug("fetch %s (at %s) timed out: %r", url, hop_url, err)
+            raise FetchError(url, f"timed out after {settings.timeout:g} s") from err
         except Exception as err:
-            failure = _failure(url, err)
+            failure = _failure(url, hop_url, err)
             if failure is None:
                 raise
+            log.debug("fetch %s (at %s) failed: %r", url, hop_url, err)
             raise failure from err
+
+    async def _checked_client(
+        self, guard: AddressPolicy, url: str, hop_url: str, deadline: float
+    ) -> Client:
+        """A client that connects only to an address `guard` allows for `hop_url`'s host;
+        FetchError (no request made) when the host is refused or does not resolve."""
+        from pyreqwest.http import Url
+
+        # The host as the HTTP client reads it (WHATWG URL rules: "127.1" and "0x7f.0.0.1"
+        # are 127.0.0.1 to it, so they must be to this check too).
+        parsed = Url(hop_url)
+        host = parsed.host_str or ""
+        literal = parse_address(host)
+        if literal is not None:
+            if why := guard.refuse_address(host, literal):
+                raise FetchError(url, why)
+            assert self._client is not None
+            return self._client  # nothing to resolve: it connects to this very address
+        if why := guard.refuse_name(host):
+            raise FetchError(url, why)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        try:
+            async with asyncio.timeout(left):
+                found = await self._resolve(host, parsed.port_or_known_default or 0)
+        except OSError as err:
+            if isinstance(err, TimeoutError):
+                raise
+            log.debug("fetch %s: looking up %s failed: %r", url, host, err)
+            raise FetchError(url, f"DNS lookup failed for {host}") from err
+        if not found:
+            raise FetchError(url, f"DNS lookup failed for {host}")
+        if why := guard.refuse_resolved(host, found):
+            raise FetchError(url, why)
+        return self._pinned_client(host, found[0])
+
+    def _pinned_client(self, host: str, address: IPAddress) -> Client:
+        """A client that sends requests for `host` to `address` and nowhere else; one per
+        pair, the most recently used kept (each has its own connection pool)."""
+        key = (host, address)
+        client = self._pinned.get(key)
+        if client is not None:
+            self._pinned.move_to_end(key)
+            return client
+        # Port 0: the port of each request's URL (hyper's rule for a resolved address).
+        client = self._pinned[key] = self._builder().resolve(host, str(address), 0).build()
+        if len(self._pinned) > PINNED_CLIENTS:
+            # Dropped, not closed: a request may still be under way on it; it goes once
+            # the last one holding it does.
+            self._pinned.popitem(last=False)
+        return client
 
     async def _answer(
         self,
@@ -206,19 +317,85 @@ def _header(response: Response, name: str) -> str:
         return ""
 
 
-def _failure(url: str, err: Exception) -> FetchError | None:
-    """The FetchError for one of the HTTP client's own errors; None for any other."""
+def _failure(url: str, hop_url: str, err: Exception) -> FetchError | None:
+    """The FetchError for one of the HTTP client's own errors at `hop_url`; None for any
+    other."""
     from pyreqwest import exceptions as http_errors  # loaded already: a Fetcher is open
 
-    if isinstance(err, http_errors.DecodeError):
-        return FetchError(url, "bad response: could not decode the body")
+    if isinstance(err, http_errors.PyreqwestError) and not isinstance(err, ValueError):
+        return FetchError(url, describe(err, hop_url))
     # pyreqwest refuses a URL it cannot parse (the source's, or a redirect's) with a
     # ValueError (its BuilderError is one), as urljoin does a malformed IPv6 host.
     if isinstance(err, ValueError):
         return FetchError(url, "invalid URL")
-    if isinstance(err, http_errors.PyreqwestError):
-        return FetchError(url, "connection failed")
     return None
+
+
+def describe(err: PyreqwestError, hop_url: str) -> str:
+    """One line a person reads for an error of the HTTP client at `hop_url`, from its class
+    and its chain of causes (reqwest's, hyper's, rustls' and the OS's messages, outermost
+    first: "error sending request", "client error (Connect)", "tcp connect error",
+    "Connection refused (os error 111)")."""
+    from pyreqwest import exceptions as http_errors
+
+    details = getattr(err, "details", None) or {}
+    causes = [str(c.get("message", "")) for c in details.get("causes") or []]
+    chain = " | ".join(causes).lower()
+    last = _without_os_code(causes[-1]) if causes else err.message
+    host, where = _place(hop_url)
+    if "dns error" in chain or "error resolving dns" in chain:
+        return f"DNS lookup failed for {host}"
+    if "connection refused" in chain:
+        return f"connection refused by {where}"
+    if "connection reset" in chain:
+        return f"connection reset by {where}"
+    if any(s in chain for s in ("network is unreachable", "no route", "host is unreachable")):
+        return f"no route to {where}"
+    if "invalid peer certificate" in chain:
+        return _certificate(host, chain, last)
+    if "corrupt message" in chain or "invalidcontenttype" in chain:
+        return f"TLS handshake with {where} failed: the server does not answer in TLS"
+    if "tls" in chain or "handshake" in chain or "alert" in chain:
+        return f"TLS handshake with {where} failed: {last}"
+    if "error reading a body" in chain or "incomplete" in chain or "connection closed" in chain:
+        return f"connection to {where} closed before the response was complete"
+    if isinstance(err, http_errors.DecodeError):
+        return "bad response: could not decode the body"
+    return f"connection to {where} failed: {last}"
+
+
+def _certificate(host: str, chain: str, last: str) -> str:
+    """What is wrong with a server's TLS certificate, from rustls' (webpki's) words."""
+    if "not valid for name" in chain or "notvalidforname" in chain:
+        return f"TLS certificate not valid for {host}"
+    if "expired" in chain:
+        return f"TLS certificate of {host} has expired"
+    if "notvalidyet" in chain:
+        return f"TLS certificate of {host} is not valid yet"
+    if "unknownissuer" in chain or "causedasendentity" in chain:
+        return f"TLS certificate of {host} is not signed by a trusted authority"
+    if "revoked" in chain:
+        return f"TLS certificate of {host} has been revoked"
+    return f"TLS certificate of {host} refused: {last.removeprefix('invalid peer certificate: ')}"
+
+
+def _place(hop_url: str) -> tuple[str, str]:
+    """The host of `hop_url` and its `host:port`, as the HTTP client reads them."""
+    from pyreqwest.http import Url
+
+    try:
+        parsed = Url(hop_url)
+    except ValueError:
+        return hop_url, hop_url
+    host = parsed.host_str or ""
+    port = parsed.port_or_known_default
+    return host, f"{host}:{port}" if port else host
+
+
+def _without_os_code(message: str) -> str:
+    """ "Connection refused (os error 111)" without its errno, which tells a person nothing."""
+    head, sep, tail = message.rpartition(" (os error ")
+    return head if sep and tail.rstrip(")").isdigit() else message
 
 
 def _phrase(status: int) -> str:

@@ -480,12 +480,22 @@ class Updater:
                 return await loop.run_in_executor(executor, store_changed, target, changed)
             return await asyncio.to_thread(store_changed, target, changed)
         except (SourceError, StorageError):
+            # As raised, wherever that was: a Redis failure while saving is a StorageError
+            # (store.py says so) that reaches the caller as one, never a parse error; a
+            # worker's ParseError keeps its one-line text (SourceError.__reduce__).
             raise
         except Exception as err:
+            if type(err).__module__.partition(".")[0] == "redis":
+                # Redis failing in a way store.py does not wrap (redis-py's cluster errors
+                # are no RedisError; a worker connects on first use): still Redis, so
+                # retryable and the caller's to see, never this source's parse failure.
+                raise StorageError(
+                    f"Redis failed while saving {changed.source.name}: {err}"
+                ) from err
             # A bug of ours met by this document: recorded on this source like any parse
             # failure (so one odd feed never stops the rest), and logged with its traceback.
             log.exception("parsing %s failed unexpectedly", url)
-            raise ParseError(url, f"internal error: {type(err).__name__}") from err
+            raise ParseError(url, "internal error") from err
 
     async def poll_many(
         self,

@@ -24,6 +24,7 @@ from aggregator.bounded import (
     call_bounded,
 )
 from aggregator.errors import ParseError
+from aggregator.parse import parse
 
 URL = "https://bad.example.cn/feed.xml"
 SECONDS = 0.25
@@ -80,13 +81,27 @@ def assert_parse_error(pool: ParsePool, reason: str, fn: object, *args: object) 
     err = caught.value
     assert err.url == URL
     assert err.reason == reason
-    assert str(err).startswith(f"parse {URL}: {reason}")
+    # What a person reads; which signal stopped which worker is for the debug log.
+    assert str(err) == f"parse {URL}: {reason}"
     assert isinstance(err.__cause__, LimitExceeded)
     return err
 
 
 def assert_still_works(pool: ParsePool) -> None:
     assert run(pool, str, "经济日报") == "经济日报"
+
+
+def test_a_parse_error_from_a_worker_reads_as_it_would_here(pool: ParsePool) -> None:
+    # The pool sets the worker's whole traceback as the cause of what it raised: the
+    # stored last_error must still be the one line a parse here gives.
+    body = b"<html><body>not a feed"
+    with pytest.raises(ParseError) as here:
+        parse(body, URL, "text/html")
+    with pytest.raises(ParseError) as there:
+        run(pool, parse, body, URL, "text/html")
+    assert str(there.value) == str(here.value)
+    assert str(here.value).startswith(f"parse {URL}: not an RSS, Atom or JSON feed: ")
+    assert "\n" not in str(there.value) and "Traceback" not in str(there.value)
 
 
 def test_results_and_the_call_s_own_errors_pass_through(pool: ParsePool) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import logging
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,14 +21,16 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
+from pyreqwest import exceptions as http_errors
 
 from aggregator.config import Settings
 from aggregator.errors import FetchError, SourceError
-from aggregator.fetch import MAX_REDIRECTS, Fetcher
+from aggregator.fetch import MAX_REDIRECTS, Fetcher, describe
 from aggregator.models import FetchResult, NotModified, Validators
 from tests.conftest import FEEDS, FeedServer, Route, free_port
 
 MB = 1000**2
+TLS = Path(__file__).parent / "data" / "tls"
 NO_VALIDATORS = Validators()
 
 
@@ -476,7 +480,7 @@ def test_timeout(own_feed_server: FeedServer) -> None:
     started = time.monotonic()
     err = fetch_error(url, settings(timeout=0.3))
     elapsed = time.monotonic() - started
-    assert "timed out after 0.3s" in str(err)
+    assert str(err) == f"fetch {url}: timed out after 0.3 s"
     assert url in str(err)
     assert err.status is None
     assert elapsed < 0.85  # gave up at the timeout, did not wait for the answer
@@ -487,13 +491,199 @@ def test_timeout(own_feed_server: FeedServer) -> None:
     time.sleep(0.1)
 
 
-def test_connection_refused() -> None:
-    url = f"http://127.0.0.1:{free_port()}/feed.xml"
-    err = fetch_error(url)
-    assert "connection failed" in str(err)
-    assert url in str(err)
+def test_connection_refused(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/feed.xml"
+    with caplog.at_level(logging.DEBUG, logger="aggregator.fetch"):
+        err = fetch_error(url)
+    assert str(err) == f"fetch {url}: connection refused by 127.0.0.1:{port}"
     assert err.status is None
     assert err.__cause__ is not None
+    # The whole chain of causes is for the debug log, not for the person reading status.
+    assert "Connection refused (os error 111)" in caplog.text
+    assert "os error" not in str(err) and "causes" not in str(err)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_connection_refused_over_ipv6() -> None:
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://[::1]:{port}/feed.xml"
+    assert str(fetch_error(url)) == f"fetch {url}: connection refused by [::1]:{port}"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts connections and never answers on them."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_a_server_that_never_answers_times_out(silent_server: int) -> None:
+    url = f"http://127.0.0.1:{silent_server}/feed.xml"
+    err = fetch_error(url, settings(timeout=0.5))
+    assert str(err) == f"fetch {url}: timed out after 0.5 s"
+
+
+def test_a_name_that_cannot_resolve() -> None:
+    url = "http://nonexistent.invalid/feed.xml"  # .invalid never resolves (RFC 6761 §6.4)
+    err = fetch_error(url)
+    assert str(err) == f"fetch {url}: DNS lookup failed for nonexistent.invalid"
+
+
+def test_https_to_a_plain_http_server(feed_server: FeedServer) -> None:
+    url = f"https://127.0.0.1:{feed_server.port}/rss2.xml"
+    assert str(fetch_error(url)) == (
+        f"fetch {url}: TLS handshake with 127.0.0.1:{feed_server.port} failed:"
+        " the server does not answer in TLS"
+    )
+
+
+@pytest.fixture
+def self_signed_server() -> Iterator[int]:
+    """A TLS server on 127.0.0.1 presenting a certificate nobody signed."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(TLS / "self-signed.pem", TLS / "self-signed.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    with context.wrap_socket(conn, server_side=True) as tls:
+                        tls.recv(65536)
+                except (OSError, ssl.SSLError):
+                    pass  # the client refuses the certificate: the point of the test
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+def test_a_self_signed_certificate(self_signed_server: int) -> None:
+    url = f"https://127.0.0.1:{self_signed_server}/feed.xml"
+    assert str(fetch_error(url)) == (
+        f"fetch {url}: TLS certificate of 127.0.0.1 is not signed by a trusted authority"
+    )
+
+
+def test_a_body_cut_short(raw_server: StartRaw) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: 1000\r\n\r\n"
+    server = raw_server(head, lambda: iter([b"<rss>"]))
+    url = server.url()
+    assert str(fetch_error(url)) == (
+        f"fetch {url}: connection to 127.0.0.1:{server.port} closed before the response"
+        " was complete"
+    )
+
+
+def chain(*messages: str) -> dict[str, list[dict[str, str]]]:
+    return {"causes": [{"message": m} for m in messages]}
+
+
+SENDING = "error sending request for url (https://feeds.example.com/rss)"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            http_errors.ConnectError(
+                "connection error",
+                chain(
+                    SENDING,
+                    "client error (Connect)",
+                    "invalid peer certificate: "
+                    'certificate not valid for name "feeds.example.com"; certificate is'
+                    ' only valid for DnsName("cdn.example.net")',
+                ),
+            ),
+            "TLS certificate not valid for feeds.example.com",
+        ),
+        (
+            http_errors.ConnectError(
+                "connection error",
+                chain(SENDING, "client error (Connect)", "invalid peer certificate: Expired"),
+            ),
+            "TLS certificate of feeds.example.com has expired",
+        ),
+        (
+            http_errors.ReadError(
+                "read error",
+                chain(SENDING, "connection error", "Connection reset by peer (os error 104)"),
+            ),
+            "connection reset by feeds.example.com:443",
+        ),
+        (
+            http_errors.ConnectError(
+                "connection error",
+                chain(
+                    SENDING,
+                    "client error (Connect)",
+                    "tcp connect error",
+                    "Network is unreachable (os error 101)",
+                ),
+            ),
+            "no route to feeds.example.com:443",
+        ),
+        (
+            http_errors.ConnectError(
+                "connection error",
+                chain(SENDING, "client error (Connect)", "Something new (os error 999)"),
+            ),
+            "connection to feeds.example.com:443 failed: Something new",
+        ),
+        (
+            http_errors.ConnectError("connection error", {"causes": None}),
+            "connection to feeds.example.com:443 failed: connection error",
+        ),
+    ],
+    ids=["name", "expired", "reset", "unreachable", "unknown", "no-causes"],
+)
+def test_describe_reads_the_chain_of_causes(error: http_errors.PyreqwestError, reason: str) -> None:
+    assert describe(error, "https://feeds.example.com/rss") == reason
 
 
 def test_fetch_outside_the_context_manager_is_refused() -> None:
