@@ -590,7 +590,8 @@ class Store:
         self, starts: Sequence[tuple[str, HostSlotRequest]]
     ) -> list[tuple[SourceState, float]]:
         """`source_states` and `take_host_slots` in one round trip: for each (source, request),
-        the source's state and the request's wait (0 when the slot is ours)."""
+        the source's state (without its due time and stored count, which a poll does not use)
+        and the request's wait (0 when the slot is ours)."""
         if not starts:
             return []
         requests = [request for _, request in starts]
@@ -598,15 +599,15 @@ class Store:
         with _storage_errors(action):
             pipe = self.client.pipeline(transaction=False)
             for name, request in starts:
-                _queue_state_read(pipe, name)
+                pipe.hgetall(keys.source(name))
                 self._queue_host_slot(pipe, request)
             replies = pipe.execute(raise_on_error=False)
-            states, dues = replies[0::3], replies[1::3]
-            waits = self._host_slot_waits(requests, replies[2::3])
-            self._raise_first_error(requests, waits, [*states, *dues, *waits])
+            states = replies[0::2]
+            waits = self._host_slot_waits(requests, replies[1::2])
+            self._raise_first_error(requests, waits, [*states, *waits])
         return [
-            (_state(name, data, due), float(wait))
-            for (name, _), data, due, wait in zip(starts, states, dues, waits, strict=True)
+            (_state(name, data, None), float(wait))
+            for (name, _), data, wait in zip(starts, states, waits, strict=True)
         ]
 
     def _queue_host_slot(self, pipe: Any, r: HostSlotRequest) -> None:
