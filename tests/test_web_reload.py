@@ -22,14 +22,15 @@ from aggregator import config as config_module
 from aggregator.store import Store
 from aggregator.web import create_app
 from tests.conftest import ConfigWriter, FeedServer, free_port
-from tests.weblinks import ATOM, eventually, http_get, serving, wait_for
+from tests.weblinks import ATOM, eventually, http_get, page, serving, wait_for
 
 NEW_TAG = "新标签"
 NEW_TITLE = "新标签的标题"
 
 
 def first(write_config: ConfigWriter, url: str, **extra: Any) -> None:
-    write_config.write([{"name": "one", "url": url, "tags": ["财经"], "interval": "10m"}], **extra)
+    tags = ["财经", "x", "x.atom"]
+    write_config.write([{"name": "one", "url": url, "tags": tags, "interval": "10m"}], **extra)
 
 
 def second(write_config: ConfigWriter, url: str) -> None:
@@ -169,6 +170,10 @@ def test_reload_reaches_every_gunicorn_worker(
             base = f"http://127.0.0.1:{port}"
             wait_for(base, process)
             started_as_first(base)
+            # gunicorn gives the path as sent (RAW_URI): the page of "x.atom", not the feed of "x"
+            answer = http_get(base + "/tags/x%2Eatom")
+            assert answer.content_type.startswith("text/html") and page(answer.body).h1 == "x.atom"
+            assert http_get(base + "/tags/x.atom").content_type.startswith("application/atom")
             second(write_config, url)
             cli_reload(env)
             time.sleep(2.5)
