@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
 from rich.console import Console
@@ -30,6 +31,9 @@ from aggregator.scheduler import Worker, parse_pool
 from aggregator.services import open_store
 from aggregator.store import Store
 from aggregator.update import Outcome, Updater
+
+if TYPE_CHECKING:
+    from aggregator.web import Site
 
 # Piped or captured output is not squeezed into 80 columns: tables stay readable in a file.
 _WIDTH = None if sys.stdout.isatty() else 200
@@ -231,27 +235,32 @@ def worker() -> None:
         Worker(config_module.from_environ, store, config=config).run()
 
 
-def _serve(config: Config, store: Store, host: str, port: int) -> object:
+def _serve(config: Config, store: Store, host: str, port: int) -> tuple[Any, Site]:
+    """A waitress server for the web app, and the app's site (for reloading it). The app
+    re-reads feeds.yaml on `aggregator reload`, as the workers do."""
     from waitress import create_server
 
-    from aggregator.web import create_app
+    from aggregator.web import create_app, site
 
-    server = create_server(create_app(config, store), host=host, port=port, threads=8)
-    console.print(f"serving on http://{host}:{port}/", highlight=False)
-    return server
+    app = create_app(config, store, load_config=config_module.from_environ)
+    server = create_server(app, host=host, port=port, threads=8)
+    console.print(f"serving on http://{host}:{server.effective_port}/", highlight=False)
+    return server, site(app)
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def web(host: str, port: int) -> None:
-    """Web only (production: gunicorn 'aggregator.web:create_app()')."""
+    """Web only (production: gunicorn 'aggregator.web:create_app()'). SIGHUP reloads
+    feeds.yaml, as `aggregator reload` does."""
     _logging()
     config = _config()
     with _store(config) as store:
-        server = _serve(config, store, host, port)
+        server, served = _serve(config, store, host, port)
+        signal.signal(signal.SIGHUP, lambda _signum, _frame: served.request_reload())
         try:
-            server.run()  # type: ignore[attr-defined]
+            server.run()
         except KeyboardInterrupt:
             pass
 
@@ -264,13 +273,13 @@ def run(host: str, port: int) -> None:
     _logging()
     config = _config()
     with _store(config) as store:
-        server = _serve(config, store, host, port)
-        thread = threading.Thread(target=server.run, name="web", daemon=True)  # type: ignore[attr-defined]
+        server, _ = _serve(config, store, host, port)
+        thread = threading.Thread(target=server.run, name="web", daemon=True)
         thread.start()
         try:
             Worker(config_module.from_environ, store, config=config).run()
         finally:
-            server.close()  # type: ignore[attr-defined]
+            server.close()
 
 
 @main.group("export")

@@ -8,6 +8,7 @@ reading the file it is given; `from_environ` is the one place `os.environ` is re
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -100,6 +101,10 @@ def _label(value: str) -> str:
     """Tags and categories are any Unicode text, but not blank or with control characters."""
     if not value.strip():
         raise ValueError("must not be blank")
+    if value in {".", ".."}:
+        # Browsers remove a path segment `.` or `..`, percent-encoded too (WHATWG URL
+        # "single-dot segment"), so the name's page could not be linked to.
+        raise ValueError(f"{value!r} cannot be a name: browsers drop it from URLs")
     if value != value.strip():
         raise ValueError("must not start or end with white space")
     if _CONTROL.search(value) or xml_text(value) != value:
@@ -118,11 +123,39 @@ def _pattern(value: str) -> str:
     return value
 
 
+def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(str(value).strip(), strict=False)
+    except ValueError as err:
+        raise ValueError(
+            f"not an IP address or network: {value!r} (e.g. 10.0.0.1, 10.0.0.0/8, ::1)"
+        ) from err
+
+
+def _not_built(reason: str) -> Any:
+    """A validator refusing a key of a feature not built yet, whatever its value, saying so
+    (DESIGN.md: a setting the config accepts has effect)."""
+
+    def refuse(value: Any) -> Any:
+        raise ValueError(f"not supported yet: {reason}")
+
+    return BeforeValidator(refuse)
+
+
+def _not_built_yet(value: bool) -> bool:
+    if value:
+        raise ValueError(
+            "not supported yet: this version does not subscribe to hubs; set it to false"
+        )
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Label = Annotated[str, AfterValidator(_label)]
 Pattern = Annotated[str, AfterValidator(_pattern)]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
 
 
 class _Frozen(BaseModel):
@@ -143,7 +176,8 @@ class PerHost(_Frozen):
 class Settings(_Frozen):
     redis_url: Annotated[str, AfterValidator(_redis_url)] | None = None
     data_dir: str = ".aggregator"
-    public_url: HttpUrl = "http://localhost:8000"
+    # None: links are built from each request's own scheme, host and port (web.py).
+    public_url: HttpUrl | None = None
     default_interval: Duration = 15 * 60.0
     min_interval: Duration = 60.0
     timeout: Duration = 20.0
@@ -152,11 +186,19 @@ class Settings(_Frozen):
     retention: Retention = Field(default_factory=Retention)
     per_host: PerHost = Field(default_factory=PerHost)
     block_private_addresses: bool = False
-    websub_hub: HttpUrl | None = None
+    # Proxies whose X-Forwarded-Proto, -Host and -Port are believed (web.py).
+    trusted_proxies: tuple[Network, ...] = ()
+    websub_hub: Annotated[
+        None, _not_built("this version neither advertises nor pings a hub; remove the key")
+    ] = None
 
     @property
     def agent(self) -> str:
-        return self.user_agent or f"aggregator/{__version__} (+{self.public_url})"
+        if self.user_agent:
+            return self.user_agent
+        if self.public_url:
+            return f"aggregator/{__version__} (+{self.public_url})"
+        return f"aggregator/{__version__}"
 
 
 class Source(_Frozen):
@@ -169,7 +211,7 @@ class Source(_Frozen):
     include: tuple[Pattern, ...] = ()
     exclude: tuple[Pattern, ...] = ()
     enabled: bool = True
-    websub: bool = False
+    websub: Annotated[bool, AfterValidator(_not_built_yet)] = False
 
     @property
     def category_name(self) -> str:

@@ -24,7 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import yaml
 
-from aggregator import keys
+from aggregator import keys, urls
 from aggregator.config import Config
 from aggregator.models import Entry
 from aggregator.store import Store
@@ -162,10 +162,12 @@ def network_path(url: str) -> str:
 class BackLinks:
     """What the last line of a post links to, and what it says.
 
-    `base` is the site root as a network-path reference; the category page is `category_path`
-    (its `{}` is the percent-encoded category) under it, by default the category page our web
-    app serves. Each link says `back` filled with the category's configured title, or with
-    `home_title` for the home page.
+    `base` is the site root as a network-path reference, or "" for links from the root of
+    whatever site serves the posts (no public_url configured: the export does not know where
+    the aggregator is reached); the category page is `category_path` (its `{}` is the
+    percent-encoded category, `.` as `%2E` as our pages print it) under it, by default the
+    category page our web app serves. Each link says `back` filled with the category's
+    configured title, or with `home_title` for the home page.
     """
 
     base: str
@@ -176,11 +178,12 @@ class BackLinks:
 
     @classmethod
     def from_config(cls, config: Config) -> BackLinks:
-        return cls(network_path(config.settings.public_url), config.category_title)
+        public_url = config.settings.public_url
+        return cls(network_path(public_url) if public_url else "", config.category_title)
 
     def line(self, category: str) -> str:
         title = _link_text(self.back.format(self.category_title(category)))
-        url = self.base + self.category_path.format(quote(category, safe=""))
+        url = self.base + self.category_path.format(urls.name_part(category))
         home = _link_text(self.back.format(self.home_title))
         return f"[{title}]({url})｜[{home}]({self.base}/)"
 

@@ -87,13 +87,18 @@ def known_feeds(
     return known
 
 
-def render(config: Config, known: Mapping[str, KnownFeed] | None = None) -> bytes:
+def render(
+    config: Config, known: Mapping[str, KnownFeed] | None = None, site: str | None = None
+) -> bytes:
     """Every source, enabled or not, in one folder outline per category (in the order the
-    categories first appear in feeds.yaml). Identical input gives identical bytes."""
+    categories first appear in feeds.yaml). The title names `site` (default: public_url), or
+    no site when there is none: the command line without public_url does not know where the
+    aggregator is reached. Identical input gives identical bytes."""
     known = known or {}
+    site = site or config.settings.public_url
     root = ET.Element("opml", version="2.0")
     head = ET.SubElement(root, "head")
-    ET.SubElement(head, "title").text = xml_text(f"Sources of {config.settings.public_url}")
+    ET.SubElement(head, "title").text = xml_text(f"Sources of {site}" if site else "Sources")
     ET.SubElement(head, "docs").text = SPEC
     body = ET.SubElement(root, "body")
     groups: dict[str, list[Source]] = {}

@@ -42,13 +42,14 @@ _MEDIA_TYPE = re.compile(r"[^\r\n]+/[^\r\n]+")  # atom.rng: ".+/.+"
 
 @dataclass(frozen=True, slots=True)
 class FeedInfo:
-    """What a merged feed says about itself. `path` is its URL path without the extension,
-    e.g. `/tags/%E8%B4%A2%E7%BB%8F`; `html_path` the page that lists the same entries.
-    `page` (1 = newest) and `has_next` make it one page of an RFC 5005 paged feed."""
+    """What a merged feed says about itself. `base_url` is where the site is (the configured
+    public_url, else the address the request came to); `path` the feed's URL path without the
+    extension, e.g. `/tags/%E8%B4%A2%E7%BB%8F`; `html_path` the page that lists the same
+    entries. `page` (1 = newest) and `has_next` make it one page of an RFC 5005 paged feed."""
 
     title: str
     description: str
-    public_url: str
+    base_url: str
     path: str
     html_path: str
     hub: str | None = None
@@ -58,7 +59,7 @@ class FeedInfo:
 
     @property
     def base(self) -> str:
-        return self.public_url.rstrip("/")
+        return self.base_url.rstrip("/")
 
     def url(self, fmt: Format, page: int = 1) -> str:
         query = [f"page={page}"] if page > 1 else []

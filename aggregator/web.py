@@ -2,8 +2,19 @@
 Flask. It reads the store and renders; it never fetches.
 
 `create_app()` does nothing at import time: it reads the configuration (from the environment
-unless given one), opens the store, and attaches both under `app.extensions["aggregator"]`.
-Production: `gunicorn 'aggregator.web:create_app()'`.
+unless given one), opens the store, and attaches both, as a `Site`, under
+`app.extensions["aggregator"]`. Production: `gunicorn 'aggregator.web:create_app()'`.
+
+Reload: given a config loader (the default when no config is given), the app looks at the
+reload counter `aggregator reload` bumps at most once every `reload_check` seconds, on the
+requests it serves, and re-reads feeds.yaml when it moved; so does a process told to by
+`Site.request_reload` (SIGHUP to `aggregator web`). A file with problems is refused and the
+running configuration kept. Every process checks for itself, so this holds for waitress, for
+each gunicorn worker and for the web half of `aggregator run` alike.
+
+Links: with `settings.public_url` set, every self and page link starts with it; without, with
+the scheme, host and port the request came to (X-Forwarded-Proto, -Host and -Port believed only
+from an address in `settings.trusted_proxies`). Rendered feeds are cached per base URL.
 """
 
 from __future__ import annotations
@@ -11,28 +22,38 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import hashlib
+import ipaddress
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
-from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
+from flask import Blueprint, Flask, Response, abort, current_app, g, render_template, request
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import http_date, parse_date, parse_etags
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import BaseConverter
 
-from aggregator import __version__, keys, opml
+from aggregator import __version__, keys, opml, urls
 from aggregator import config as config_module
 from aggregator.config import Config
-from aggregator.errors import StorageError
+from aggregator.errors import ConfigError, StorageError
 from aggregator.export import BACK, HOME_TITLE
 from aggregator.render import FORMATS, MEDIA_TYPES, FeedInfo, Format, last_modified, render
 from aggregator.services import open_store
 from aggregator.store import Rendered, Store
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -86,6 +107,8 @@ class Memos:
 
 @dataclass(frozen=True, slots=True)
 class Services:
+    """What one configuration serves with: replaced whole on reload, never changed."""
+
     config: Config
     store: Store
     fingerprint: str  # of everything in the config that shows in a rendered feed
@@ -109,42 +132,171 @@ def _fingerprint(config: Config) -> str:
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
+def _services(config: Config, store: Store, version_check: float) -> Services:
+    return Services(
+        config,
+        store,
+        _fingerprint(config),
+        version_check,
+        Memos(),  # a memo's headers (Cache-Control) and bytes come from the config it was made by
+        frozenset(config.tag_names()),
+        frozenset(config.category_names()),
+    )
+
+
+class Site:
+    """The services this web process serves with now, renewed when feeds.yaml is reloaded."""
+
+    def __init__(
+        self,
+        services: Services,
+        load_config: Callable[[], Config] | None,
+        reload_check: float,
+    ) -> None:
+        self.services = services
+        self.store = services.store
+        self._load_config = load_config
+        self._reload_check = reload_check
+        self._lock = threading.Lock()
+        self._checked = time.monotonic()
+        self._asked = False
+        self._version = self._reload_version() if load_config is not None else None
+
+    @property
+    def memos(self) -> Memos:
+        return self.services.memos
+
+    def request_reload(self) -> None:
+        """Re-read feeds.yaml before the next request. Safe in a signal handler."""
+        self._asked = True
+
+    def current(self) -> Services:
+        """The services to answer a request with, after a reload when one is due."""
+        if self._load_config is None:
+            return self.services
+        if not self._asked and time.monotonic() - self._checked < self._reload_check:
+            return self.services
+        # One thread looks; the others answer with what there is meanwhile.
+        if self._lock.acquire(blocking=False):
+            try:
+                self._check()
+            finally:
+                self._lock.release()
+        return self.services
+
+    def _check(self) -> None:
+        self._checked = time.monotonic()
+        asked, self._asked = self._asked, False
+        version = self._reload_version()
+        if not asked and (version is None or version == self._version):
+            return
+        self._version = version if version is not None else self._version
+        self._reload()
+
+    def _reload_version(self) -> int | None:
+        try:
+            return self.store.reload_version()
+        except StorageError as err:
+            log.warning("cannot read the reload counter: %s", err)
+            return None
+
+    def _reload(self) -> None:
+        assert self._load_config is not None
+        try:
+            config = self._load_config()
+        except ConfigError as err:
+            log.error("reload refused, keeping the running configuration: %s", err)
+            return
+        old = self.services.config
+        if config.settings.redis_url != old.settings.redis_url:
+            log.warning("settings.redis_url changed in %s: restart to use it", config.path)
+        self.services = _services(config, self.store, self.services.version_check)
+        log.info("reloaded %s: %d sources", config.path, len(config.sources))
+
+
+def site(app: Flask) -> Site:
+    return cast(Site, app.extensions["aggregator"])
+
+
 def services() -> Services:
-    return cast(Services, current_app.extensions["aggregator"])
+    """This request's services: one configuration from its start to its end, whatever a
+    reload does meanwhile."""
+    found = g.get("aggregator_services")
+    if found is None:
+        found = g.aggregator_services = site(current_app).current()
+    return cast(Services, found)
+
+
+class _Tail(BaseConverter):
+    """Everything after `/tags/`, slashes included (a name may hold `/`): the view reads the
+    path itself (aggregator/urls.py)."""
+
+    regex = ".*"
+    part_isolating = False
+
+
+class _ForwardedBy:
+    """X-Forwarded-Proto, -Host and -Port (werkzeug's ProxyFix), believed only when the
+    request comes from an address in settings.trusted_proxies: anyone else could make our
+    self links point anywhere."""
+
+    def __init__(self, app: WSGIApplication, served: Site) -> None:
+        self._direct = app
+        self._proxied = ProxyFix(app, x_for=0, x_proto=1, x_host=1, x_port=1)
+        self._site = served
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        trusted = self._site.services.config.settings.trusted_proxies
+        if trusted and _address_in(environ.get("REMOTE_ADDR"), trusted):
+            return self._proxied(environ, start_response)
+        return self._direct(environ, start_response)
+
+
+def _address_in(
+    address: object, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    try:
+        ip = ipaddress.ip_address(str(address))
+    except ValueError:
+        return False  # a Unix socket, or no address at all
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:10.0.0.1 from a dual-stack socket is 10.0.0.1
+    return any(ip in network for network in networks)
 
 
 VERSION_CHECK = 1.0
+RELOAD_CHECK = 1.0
 
 
 def create_app(
     config: Config | None = None,
     store: Store | None = None,
     *,
+    load_config: Callable[[], Config] | None = None,
     version_check: float = VERSION_CHECK,
+    reload_check: float = RELOAD_CHECK,
 ) -> Flask:
     """The web app. A feed is served from this process's memory for up to `version_check`
-    seconds before Redis is asked whether it changed."""
+    seconds before Redis is asked whether it changed. With `load_config` (the environment's
+    feeds.yaml when no `config` is given either), `aggregator reload` reaches this app within
+    `reload_check` seconds."""
     app = Flask(__name__)
     if config is None:
-        config = config_module.from_environ()
+        load_config = load_config or config_module.from_environ
+        config = load_config()
     if store is None:
         store, embedded = open_store(config)
         if embedded is not None:
             atexit.register(embedded.stop)
-    app.extensions["aggregator"] = Services(
-        config,
-        store,
-        _fingerprint(config),
-        version_check,
-        Memos(),
-        frozenset(config.tag_names()),
-        frozenset(config.category_names()),
-    )
+    found = Site(_services(config, store, version_check), load_config, reload_check)
+    app.extensions["aggregator"] = found
     app.jinja_env.globals["media"] = {f: MEDIA_TYPES[f].split(";")[0] for f in FORMATS}
     app.jinja_env.globals["formats"] = FORMATS
+    app.url_map.converters["tail"] = _Tail
     app.register_blueprint(bp)
     app.register_error_handler(StorageError, _storage_unavailable)
     app.register_error_handler(HTTPException, _plain_error)
+    app.wsgi_app = _ForwardedBy(app.wsgi_app, found)  # type: ignore[method-assign]
     return app
 
 
@@ -188,16 +340,41 @@ def _limit() -> int:
 
 
 def _format(fmt: str) -> Format:
+    """`fmt` as a feed format, or a 404 naming the formats there are."""
     if fmt not in FORMATS:
         abort(404, f"unknown feed format {fmt!r}: use .atom, .rss or .json")
     return fmt
 
 
-def _known(kind: keys.Kind, name: str) -> None:
+def _exists(kind: keys.Kind, name: str) -> bool:
+    """A tag or category in feeds.yaml, or one with entries stored (from before a reload)."""
     found = services()
     names = found.tags if kind == "tag" else found.categories
-    if name not in names and found.store.count(kind, name) == 0:
-        abort(404, f"no {kind} named {name!r}")
+    return name in names or found.store.count(kind, name) > 0
+
+
+def base_url() -> str:
+    """Where links point: settings.public_url, else the scheme, host and port this request
+    came to (and the prefix the app is mounted under)."""
+    configured = services().config.settings.public_url
+    if configured:
+        return configured.rstrip("/")
+    found = g.get("aggregator_base")
+    if found is None:
+        scheme = request.scheme if request.scheme in ("http", "https") else "http"
+        # Werkzeug gives "" for a Host header with characters no host name has.
+        host = request.host or _server_host(request.environ)
+        found = g.aggregator_base = f"{scheme}://{host}{quote(request.script_root)}"
+    return cast(str, found)
+
+
+def _server_host(environ: WSGIEnvironment) -> str:
+    name = str(environ.get("SERVER_NAME") or "localhost")
+    port = str(environ.get("SERVER_PORT") or "")
+    if ":" in name and not name.startswith("["):
+        name = f"[{name}]"
+    default = "443" if request.scheme == "https" else "80"
+    return name if port in ("", default) else f"{name}:{port}"
 
 
 def _info(
@@ -212,12 +389,11 @@ def _info(
         meta = (cfg.tags if kind == "tag" else cfg.categories).get(name)
         title = cfg.tag_title(name) if kind == "tag" else cfg.category_title(name)
         description = (meta.description if meta else None) or title
-        folder = "tags" if kind == "tag" else "categories"
-        path = html_path = f"/{folder}/{quote(name, safe='')}"
+        path = html_path = urls.name_path("tags" if kind == "tag" else "categories", name)
     return FeedInfo(
         title=title,
         description=description,
-        public_url=settings.public_url,
+        base_url=base_url(),
         path=path,
         html_path=html_path,
         hub=settings.websub_hub,
@@ -246,17 +422,16 @@ def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
     # Most readers ask for the first page at the default size: no query string to parse.
     page, limit = (_page(), _limit()) if request.query_string else (1, DEFAULT_LIMIT)
     found = services()
-    key = (kind, name, feed_format, page, limit)
+    base = base_url()
+    key = (kind, name, feed_format, page, limit, base)
     now = time.monotonic()
     memo = found.memos.get(key)
     if memo is None or now - memo.checked > found.version_check:
         # At most one Redis round trip a second per feed and web process while nothing
         # changes; a new version is rendered once and shared through Redis.
-        if kind != "all":
-            _known(kind, name)
         version = found.store.index_version(kind, name)
         if memo is None or memo.version != version:
-            memo = _memo(kind, name, feed_format, page, limit, now)
+            memo = _memo(kind, name, feed_format, page, limit, now, base)
         else:
             memo = dataclasses.replace(memo, checked=now)
         found.memos.put(key, memo)
@@ -283,11 +458,15 @@ def _not_modified(memo: Memo) -> bool:
     return when is not None and memo.modified <= when
 
 
-def _memo(kind: keys.Kind, name: str, fmt: Format, page: int, limit: int, now: float) -> Memo:
+def _memo(
+    kind: keys.Kind, name: str, fmt: Format, page: int, limit: int, now: float, base: str
+) -> Memo:
     """The feed as of now: from the rendering cached in Redis for the index's current version,
-    else rendered here and cached there for every other web process."""
+    else rendered here and cached there for every other web process. Renderings differ by the
+    base URL their links start with."""
     store = services().store
-    variant = f"{fmt}:{page}:{limit}:{services().fingerprint}"
+    where = hashlib.blake2b(base.encode("utf-8"), digest_size=6).hexdigest()
+    variant = f"{fmt}:{page}:{limit}:{services().fingerprint}:{where}"
     cached = store.cached_render(kind, name, variant)
     if cached.body is None:
         # One entry more than asked tells whether an older page exists (RFC 5005 "next").
@@ -323,14 +502,33 @@ def all_feed(fmt: str) -> Response:
     return _feed("all", "", fmt)
 
 
-@bp.get("/tags/<path:name>.<fmt>")
-def tag_feed(name: str, fmt: str) -> Response:
-    return _feed("tag", name, fmt)
+# One rule per folder takes the whole rest of the path: a name may hold dots and slashes, and
+# only the path as sent tells `%2E` from `.` (aggregator/urls.py). No merging of slashes and no
+# redirects: `a//b` and `a/` are names too.
+@bp.get("/tags/<tail:tail>", merge_slashes=False, strict_slashes=False)
+def tag_feed_or_page(tail: str) -> Response | str:
+    return _named("tag", "/tags/")
 
 
-@bp.get("/categories/<path:name>.<fmt>")
-def category_feed(name: str, fmt: str) -> Response:
-    return _feed("category", name, fmt)
+@bp.get("/categories/<tail:tail>", merge_slashes=False, strict_slashes=False)
+def category_feed_or_page(tail: str) -> Response | str:
+    return _named("category", "/categories/")
+
+
+def _named(kind: keys.Kind, prefix: str) -> Response | str:
+    """The feed or the page the path names: the first reading of it that names a known tag
+    (or category), so a path typed with literal dots still finds its name."""
+    tail = urls.raw_tail(request.environ, prefix)
+    readings = urls.readings(tail, FORMATS)
+    for reading in readings:
+        if _exists(kind, reading.name):
+            if reading.fmt is None:
+                return _listing(kind, reading.name)
+            return _feed(kind, reading.name, reading.fmt)
+    split = urls.extension(tail)
+    if split is not None and _exists(kind, split[0]):
+        _format(split[1])  # a known name with an unknown format: say which formats there are
+    abort(404, f"no {kind} named {readings[0].name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,18 +567,7 @@ def index() -> str:
     )
 
 
-@bp.get("/tags/<path:name>")
-def tag_page(name: str) -> str:
-    return _listing("tag", name)
-
-
-@bp.get("/categories/<path:name>")
-def category_page(name: str) -> str:
-    return _listing("category", name)
-
-
 def _listing(kind: keys.Kind, name: str) -> str:
-    _known(kind, name)
     page, limit = _page(), _limit()
     found = services().store.entries(kind, name, limit=limit + 1, offset=(page - 1) * limit)
     if page > 1 and not found:
@@ -411,7 +598,8 @@ def entry_page(entry_id: str) -> str:
 @bp.get("/sources.opml")
 def sources_opml() -> Response:
     cfg, store = services().config, services().store
-    body = opml.render(cfg, opml.known_feeds(cfg, store))
+    site_url = cfg.settings.public_url or base_url() + "/"
+    body = opml.render(cfg, opml.known_feeds(cfg, store), site_url)
     response = Response(body, content_type=opml.MEDIA_TYPE)
     response.set_etag(hashlib.sha256(body).hexdigest()[:32])
     response.make_conditional(request)

@@ -113,3 +113,55 @@ def test_environment_wins_over_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         config.load(tmp_path / "nope.yaml")
+
+
+def test_features_not_built_yet_are_refused_by_name() -> None:
+    found = problems(
+        "settings: {websub_hub: 'https://hub.example/'}\n"
+        "sources:\n"
+        "  - {name: a, url: 'https://a.example/', websub: true}\n"
+        "  - {name: b, url: 'https://b.example/', websub: false}\n"
+    )
+    assert found == [
+        "settings.websub_hub: not supported yet: this version neither advertises nor pings a "
+        "hub; remove the key",
+        "sources[0].websub: not supported yet: this version does not subscribe to hubs; set it "
+        "to false",
+    ]
+    # any value of websub_hub, even an empty one, is refused: the key itself is not built
+    assert [p.split(":")[0] for p in problems("settings: {websub_hub: }\n")] == [
+        "settings.websub_hub"
+    ]
+
+
+def test_websub_false_is_accepted(tmp_path: Path) -> None:
+    loaded = config.parse(
+        "sources: [{name: a, url: 'https://a.example/', websub: false}]\n", tmp_path / "f.yaml"
+    )
+    assert loaded.sources[0].websub is False
+
+
+def test_public_url_is_optional_and_trusted_proxies_are_addresses(tmp_path: Path) -> None:
+    loaded = config.parse(
+        "settings: {trusted_proxies: ['10.0.0.1/8', '::1', 127.0.0.1]}\n", tmp_path / "f.yaml"
+    )
+    assert loaded.settings.public_url is None
+    assert [str(n) for n in loaded.settings.trusted_proxies] == [
+        "10.0.0.0/8",
+        "::1/128",
+        "127.0.0.1/32",
+    ]
+    assert problems("settings: {trusted_proxies: [proxy.local]}\n") == [
+        "settings.trusted_proxies[0]: not an IP address or network: 'proxy.local' "
+        "(e.g. 10.0.0.1, 10.0.0.0/8, ::1)"
+    ]
+    assert problems("settings: {public_url: 'ftp://x'}\n") == [
+        "settings.public_url: not an http(s) URL"
+    ]
+
+
+@pytest.mark.parametrize("name", [".", ".."])
+def test_names_browsers_drop_from_urls_are_refused(name: str) -> None:
+    # A path segment "." or "..", percent-encoded or not, is removed by browsers (WHATWG URL).
+    found = problems(f"sources: [{{name: a, url: 'https://a.example/', tags: ['{name}']}}]\n")
+    assert found == [f"sources[0].tags[0]: {name!r} cannot be a name: browsers drop it from URLs"]

@@ -72,7 +72,7 @@ def config(write_config: ConfigWriter) -> Config:
                 "interval": "1d",
             },
         ],
-        settings={"public_url": "https://agg.example/", "websub_hub": "https://hub.example/"},
+        settings={"public_url": "https://agg.example/"},
     )
 
 
@@ -88,14 +88,14 @@ def atom_links(element: etree._Element) -> dict[str, list[etree._Element]]:
     return out
 
 
-def test_atom_is_valid_with_enclosures_source_and_hub(client: FlaskClient, store: Store) -> None:
+def test_atom_is_valid_with_enclosures_and_source(client: FlaskClient, store: Store) -> None:
     store.save_poll("pod", [entry(1, authors=(Author("主播"),)), entry(2)], {}, None)
     body = client.get("/categories/audio.atom").data
     feed = etree.fromstring(body)
     assert RNG.validate(feed), RNG.error_log
     links = atom_links(feed)
     assert links["self"][0].get("href") == "https://agg.example/categories/audio.atom"
-    assert links["hub"][0].get("href") == "https://hub.example/"
+    assert "hub" not in links  # WebSub is not built: no hub is advertised
     assert feed.find(f"{ATOM}author/{ATOM}name") is not None  # RFC 4287 §4.1.1
     ids = [e.findtext(f"{ATOM}id") for e in feed.iterfind(f"{ATOM}entry")]
     assert len(ids) == len(set(ids)) == 2
@@ -120,7 +120,7 @@ def test_rss_has_every_required_element(client: FlaskClient, store: Store) -> No
     assert channel is not None
     for required in ("title", "link", "description"):
         assert (channel.findtext(required) or "").strip(), required
-    assert [a.get("rel") for a in channel.findall(f"{ATOM}link")] == ["self", "first", "hub"]
+    assert [a.get("rel") for a in channel.findall(f"{ATOM}link")] == ["self", "first"]
     items = channel.findall("item")
     assert len(items) == 2
     for item in items:
@@ -136,11 +136,11 @@ def test_rss_has_every_required_element(client: FlaskClient, store: Store) -> No
     assert items[0].findtext("pubDate") == "Fri, 01 Mar 2024 10:00:00 +0800"
 
 
-def test_json_feed_is_valid_with_attachments_and_hubs(client: FlaskClient, store: Store) -> None:
+def test_json_feed_is_valid_with_attachments(client: FlaskClient, store: Store) -> None:
     store.save_poll("pod", [entry(1)], {}, None)
     feed = client.get("/all.json").get_json()
     jsonschema.validate(feed, JSON_SCHEMA)
-    assert feed["hubs"] == [{"type": "WebSub", "url": "https://hub.example/"}]
+    assert "hubs" not in feed
     item = feed["items"][0]
     assert item["attachments"][0] == {
         "url": "https://pod.example.cn/1.mp3",

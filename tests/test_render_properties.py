@@ -210,7 +210,7 @@ def feed_infos(draw: st.DrawFn) -> FeedInfo:
         title=draw(PLAIN_NONEMPTY),
         description=draw(PLAIN),
         # config accepts any http(s) URL: one with characters markup must escape too.
-        public_url=draw(st.sampled_from([PUBLIC_URL, PUBLIC_URL + "/", PUBLIC_URL + '/a"b&c<d'])),
+        base_url=draw(st.sampled_from([PUBLIC_URL, PUBLIC_URL + "/", PUBLIC_URL + '/a"b&c<d'])),
         path="/tags/" + quote(tag, safe=""),
         html_path="/tags/" + quote(tag, safe=""),
         hub=draw(st.one_of(st.none(), st.just("https://hub.example/"))),
@@ -636,3 +636,20 @@ def test_rss_channel_link_is_the_html_page(info: FeedInfo) -> None:
     channel = parse_xml(rendered("rss", info, [])).find("channel")
     assert channel is not None
     assert text_of(channel.find("link")) == info.html_url
+
+
+def test_a_hub_is_advertised_in_every_format() -> None:
+    """WebSub discovery (W3C WebSub §4): a hub link in Atom and in the RSS channel, `hubs` in
+    JSON Feed; none without a hub."""
+    hub = "https://hub.example/"
+    with_hub = dataclasses.replace(INFO, hub=hub)
+    atom = parse_xml(rendered("atom", with_hub, []))
+    assert [a.get("href") for a in atom.findall(ATOM + "link") if a.get("rel") == "hub"] == [hub]
+    channel = parse_xml(rendered("rss", with_hub, [])).find("channel")
+    assert channel is not None
+    rss_hubs = [a.get("href") for a in channel.findall(ATOM + "link") if a.get("rel") == "hub"]
+    assert rss_hubs == [hub]
+    assert json.loads(rendered("json", with_hub, []))["hubs"] == [{"type": "WebSub", "url": hub}]
+    plain = parse_xml(rendered("atom", INFO, []))
+    assert all(a.get("rel") != "hub" for a in plain.findall(ATOM + "link"))
+    assert "hubs" not in json.loads(rendered("json", INFO, []))
