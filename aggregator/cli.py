@@ -1,14 +1,14 @@
-"""The `aggregator` command (also `python -m aggregator`): see DESIGN.md for each subcommand."""
+"""The `aggregator` command (also `python -m aggregator`): see DESIGN.md for each subcommand.
+
+Each command imports what it uses when it runs, not when this module loads: `aggregator --help`
+or `status` should not pay for the HTTP client, the parse pool, the scheduler and the exporters
+(cron runs these commands, and a person waits for them)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import functools
 import os
-import signal
 import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -16,48 +16,62 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from aggregator import __version__, export, keys, opml
-from aggregator import config as config_module
-from aggregator.config import Config
-from aggregator.errors import AggregatorError, ConfigError, StorageError
-from aggregator.fetch import Fetcher
-from aggregator.pollers import Pollers, processes_for
-from aggregator.scheduler import Worker, parse_pool
-from aggregator.services import open_store
-from aggregator.store import Store
-from aggregator.update import Outcome, Updater
+from aggregator import __version__
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from aggregator.config import Config, Source
+    from aggregator.store import Store
+    from aggregator.update import Outcome
     from aggregator.web import Site
 
-# Piped or captured output is not squeezed into 80 columns: tables stay readable in a file.
-_WIDTH = None if sys.stdout.isatty() else 200
-console = Console(soft_wrap=True, width=_WIDTH)
-errors = Console(stderr=True, soft_wrap=True)
+
+@functools.cache
+def _out() -> Console:
+    from rich.console import Console
+
+    # Piped or captured output is not squeezed into 80 columns: tables stay readable in a file.
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+@functools.cache
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    errors.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    _err().print(f"[red]error:[/red] {message}", highlight=False, markup=True)
     sys.exit(code)
 
 
 def _config() -> Config:
+    from aggregator import config as config_module
+    from aggregator.errors import ConfigError
+
     try:
         return config_module.from_environ()
     except ConfigError as err:
-        errors.print(f"{err.path}: {len(err.problems)} problem(s)", highlight=False)
+        _err().print(f"{err.path}: {len(err.problems)} problem(s)", highlight=False)
         for problem in err.problems:
-            errors.print(f"  {problem}", highlight=False, markup=False)
+            _err().print(f"  {problem}", highlight=False, markup=False)
         sys.exit(1)
 
 
 @contextmanager
 def _store(config: Config) -> Iterator[Store]:
+    from aggregator.errors import AggregatorError
+    from aggregator.services import open_store
+
     try:
         store, embedded = open_store(config)
     except AggregatorError as err:
@@ -71,6 +85,8 @@ def _store(config: Config) -> Iterator[Store]:
 
 
 def _logging() -> None:
+    import logging
+
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -92,7 +108,7 @@ def check() -> None:
     """Validate feeds.yaml; exit 1 and list the problems."""
     config = _config()
     enabled = len(config.enabled_sources)
-    console.print(
+    _out().print(
         f"{config.path}: OK, {len(config.sources)} sources ({enabled} enabled), "
         f"{len(config.category_names())} categories, {len(config.tag_names())} tags",
         highlight=False,
@@ -113,27 +129,31 @@ def poll(names: tuple[str, ...]) -> None:
     )
     if not sources:
         _fail(f"no enabled sources in {config.path}")
+    import asyncio
+
     with _store(config) as store:
         outcomes = asyncio.run(_poll_all(config, store, sources))
+    from rich.table import Table
+
     table = Table(title=f"Polled {len(outcomes)} sources")
     for column in ("source", "status", *_COUNTS, "time"):
         table.add_column(column, justify="right" if column not in ("source", "status") else "left")
     for o in outcomes:
         status = "not modified" if o.not_modified else (f"HTTP {o.status}" if o.ok else o.error)
         table.add_row(
-            escape(o.source),
-            escape(status) if o.ok else f"[red]{escape(status)}[/red]",
+            _escape(o.source),
+            _escape(status) if o.ok else f"[red]{_escape(status)}[/red]",
             *(str(getattr(o, column)) for column in _COUNTS),
             f"{o.seconds:.2f}s",
         )
-    console.print(table)
+    _out().print(table)
     failed = sum(not o.ok for o in outcomes)
 
     def total(column: str) -> int:
         return sum(getattr(o, column) for o in outcomes)
 
     # "new" is what subscribers can see now; what else the documents held is said apart.
-    console.print(
+    _out().print(
         f"{len(outcomes) - failed} ok, {failed} failed, {total('new')} new entries, "
         f"{total('merged')} merged, {total('filtered')} filtered, "
         f"{total('cut')} cut by max_entries",
@@ -147,11 +167,19 @@ def poll(names: tuple[str, ...]) -> None:
 _COUNTS = ("entries", "new", "updated", "merged", "filtered", "cut")
 
 
-async def _poll_all(
-    config: Config, store: Store, sources: list[config_module.Source]
-) -> list[Outcome]:
+async def _poll_all(config: Config, store: Store, sources: list[Source]) -> list[Outcome]:
     """Every source polled once, with a progress bar: in poller processes when there are
     enough sources to keep more than one core busy (aggregator/pollers.py), else here."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from aggregator.pollers import Pollers, processes_for
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -159,7 +187,7 @@ async def _poll_all(
         TimeElapsedColumn(),
     )
     processes = processes_for(len(sources))
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=_out(), transient=True) as bar:
         task = bar.add_task("polling", total=len(sources))
 
         def advance(outcome: Outcome) -> None:
@@ -168,6 +196,10 @@ async def _poll_all(
         if processes > 1 and store.address is not None:
             with Pollers(config, store.address, processes) as pollers:
                 return await pollers.poll_many(sources, advance)
+        from aggregator.fetch import Fetcher
+        from aggregator.scheduler import parse_pool
+        from aggregator.update import Updater
+
         with parse_pool() as executor:
             async with Fetcher(config.settings) as fetcher:
                 updater = Updater(config, store, fetcher, executor=executor)
@@ -184,6 +216,8 @@ def status() -> None:
     config = _config()
     with _store(config) as store:
         states = store.source_states([s.name for s in config.sources])
+    from rich.table import Table
+
     table = Table(title="Sources (times in UTC)")
     for column in ("source", "enabled", "last poll", "status", "entries", "stored", "next due"):
         table.add_column(column, no_wrap=True)
@@ -214,7 +248,7 @@ def status() -> None:
             due,
             "\n".join(notes),
         )
-    console.print(table)
+    _out().print(table)
 
 
 @main.command()
@@ -223,12 +257,15 @@ def reload() -> None:
     config = _config()
     with _store(config) as store:
         version = store.request_reload()
-    console.print(f"asked workers to reload {config.path} (version {version})", highlight=False)
+    _out().print(f"asked workers to reload {config.path} (version {version})", highlight=False)
 
 
 @main.command()
 def worker() -> None:
     """Scheduler only; start as many as you like on one Redis."""
+    from aggregator import config as config_module
+    from aggregator.scheduler import Worker
+
     _logging()
     config = _config()
     with _store(config) as store:
@@ -240,11 +277,12 @@ def _serve(config: Config, store: Store, host: str, port: int) -> tuple[Any, Sit
     re-reads feeds.yaml on `aggregator reload`, as the workers do."""
     from waitress import create_server
 
+    from aggregator import config as config_module
     from aggregator.web import create_app, site
 
     app = create_app(config, store, load_config=config_module.from_environ)
     server = create_server(app, host=host, port=port, threads=8)
-    console.print(f"serving on http://{host}:{server.effective_port}/", highlight=False)
+    _out().print(f"serving on http://{host}:{server.effective_port}/", highlight=False)
     return server, site(app)
 
 
@@ -254,6 +292,8 @@ def _serve(config: Config, store: Store, host: str, port: int) -> tuple[Any, Sit
 def web(host: str, port: int) -> None:
     """Web only (production: gunicorn 'aggregator.web:create_app()'). SIGHUP reloads
     feeds.yaml, as `aggregator reload` does."""
+    import signal
+
     _logging()
     config = _config()
     with _store(config) as store:
@@ -270,6 +310,11 @@ def web(host: str, port: int) -> None:
 @click.option("--port", default=8000, show_default=True, type=int)
 def run(host: str, port: int) -> None:
     """Scheduler and web in one process: the quick start."""
+    import threading
+
+    from aggregator import config as config_module
+    from aggregator.scheduler import Worker
+
     _logging()
     config = _config()
     with _store(config) as store:
@@ -305,21 +350,24 @@ def export_jekyll(out: Path, tag: str | None, category: str | None) -> None:
     """
     if tag is not None and category is not None:
         raise click.UsageError("give --tag or --category, not both")
+    from aggregator import export, keys
+    from aggregator.errors import StorageError
+
     config = _config()
     kind: keys.Kind = "tag" if tag is not None else "category" if category is not None else "all"
     name = tag if tag is not None else category or ""
     with _store(config) as store:
         known = config.tag_names() if kind == "tag" else config.category_names()
         if kind != "all" and name not in known and store.count(kind, name) == 0:
-            _fail(escape(f"no {kind} named {name!r}"))
+            _fail(_escape(f"no {kind} named {name!r}"))
         try:
             result = export.export_jekyll(store, config, out, kind, name)
         except StorageError as err:
-            _fail(escape(str(err)))
+            _fail(_escape(str(err)))
         except OSError as err:
-            _fail(escape(f"cannot write to {out}: {err}"))
+            _fail(_escape(f"cannot write to {out}: {err}"))
     renamed = f", {result.renamed} moved to a new date" if result.renamed else ""
-    console.print(
+    _out().print(
         f"{result.total} posts in {out / export.POSTS}: {result.new} new, "
         f"{result.updated} updated, {result.unchanged} unchanged{renamed}",
         highlight=False,
@@ -335,17 +383,21 @@ def opml_group() -> None:
 @opml_group.command("export")
 def opml_export() -> None:
     """Print every source as OPML 2.0, in one folder per category."""
+    from aggregator import opml
+    from aggregator.errors import AggregatorError, StorageError
+    from aggregator.services import open_store
+
     config = _config()
     known: dict[str, opml.KnownFeed] = {}
     try:
         store, embedded = open_store(config)
     except AggregatorError as err:
-        errors.print(f"warning: no htmlUrl or feed titles: {err}", highlight=False, markup=False)
+        _err().print(f"warning: no htmlUrl or feed titles: {err}", highlight=False, markup=False)
     else:
         try:
             known = opml.known_feeds(config, store)
         except StorageError as err:
-            errors.print(
+            _err().print(
                 f"warning: no htmlUrl or feed titles: {err}", highlight=False, markup=False
             )
         finally:
@@ -371,26 +423,29 @@ def opml_import(file: BinaryIO, merge: bool) -> None:
     --merge they are appended to the sources list of feeds.yaml, the rest of the file kept
     as it is. A feed already configured (same URL, or the same name) is left out.
     """
+    from aggregator import opml
+    from aggregator.errors import ConfigError
+
     try:
         outlines = opml.parse(file.read())
     except opml.OpmlError as err:
-        _fail(escape(f"{file.name}: {err}"))
+        _fail(_escape(f"{file.name}: {err}"))
     if not outlines:
-        _fail(escape(f"{file.name}: no outlines with an xmlUrl"))
+        _fail(_escape(f"{file.name}: no outlines with an xmlUrl"))
     config = _config() if merge else None
     conversion = opml.to_sources(outlines, config.sources if config else ())
     for reason in conversion.refused:
-        errors.print(f"left out {reason}", highlight=False, markup=False)
+        _err().print(f"left out {reason}", highlight=False, markup=False)
     if config is None:
         if not conversion.sources:
-            _fail(escape(f"{file.name}: no outline could become a source"))
+            _fail(_escape(f"{file.name}: no outline could become a source"))
         try:
             click.echo(opml.sources_document(conversion.sources), nl=False)
         except opml.OpmlError as err:
-            _fail(escape(str(err)))
+            _fail(_escape(str(err)))
         return
     if not conversion.sources:
-        console.print(f"nothing to add to {config.path}", highlight=False, markup=False)
+        _out().print(f"nothing to add to {config.path}", highlight=False, markup=False)
         return
     path = config.path.resolve()
     try:
@@ -398,11 +453,11 @@ def opml_import(file: BinaryIO, merge: bool) -> None:
         merged = opml.merge(text, config.path, conversion.sources)
         _replace(path, merged.encode("utf-8"))
     except (opml.OpmlError, ConfigError) as err:
-        _fail(escape(f"{err}; add these by hand:\n{opml.sources_block(conversion.sources, 2)}"))
+        _fail(_escape(f"{err}; add these by hand:\n{opml.sources_block(conversion.sources, 2)}"))
     except (OSError, UnicodeDecodeError) as err:
-        _fail(escape(f"cannot update {config.path}: {err}"))
+        _fail(_escape(f"cannot update {config.path}: {err}"))
     names = ", ".join(s["name"] for s in conversion.sources)
-    console.print(
+    _out().print(
         f"added {len(conversion.sources)} sources to {config.path}: {names}\n"
         "run `aggregator reload` to make running workers poll them",
         highlight=False,
@@ -413,6 +468,8 @@ def opml_import(file: BinaryIO, merge: bool) -> None:
 def _replace(path: Path, data: bytes) -> None:
     """Write `path` through a temporary file and a rename, keeping its permissions: a crash
     leaves the old file or the new one, never half of either."""
+    import tempfile
+
     mode = path.stat().st_mode & 0o777
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

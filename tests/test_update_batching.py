@@ -4,6 +4,7 @@ same state as it would alone. Real Redis, real local HTTP server; the store is o
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -265,7 +266,13 @@ def test_no_slot_is_left_held_after_warm_failed_and_changed_polls(
 def test_a_cancelled_poll_gives_its_slot_back(
     write_config: ConfigWriter, feed_server: FeedServer, store: Store
 ) -> None:
-    feed_server.routes["/slow.xml"] = Route(503, delay=2.0)
+    asked = threading.Event()
+
+    def slow() -> Route:
+        asked.set()  # the poll is fetching now: its slot is taken, its start call over
+        return Route(503, delay=2.0)
+
+    feed_server.routes["/slow.xml"] = slow
     config = write_config.write(
         [{"name": "slow", "url": feed_server.url("slow.xml")}],
         settings={"per_host": {"concurrency": 1, "per_minute": 6000}},
@@ -275,8 +282,9 @@ def test_a_cancelled_poll_gives_its_slot_back(
         async with Fetcher(config.settings) as fetcher:
             updater = Updater(config, store, fetcher, clock=lambda: NOW)
             task = asyncio.ensure_future(updater.poll(config.source("slow")))
-            while not held(store, "127.0.0.1"):
+            while not asked.is_set():
                 await asyncio.sleep(0.01)
+            assert held(store, "127.0.0.1")
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
