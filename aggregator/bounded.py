@@ -32,11 +32,11 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing.context import BaseContext
+from multiprocessing.context import BaseContext, ForkServerContext
 from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
@@ -220,7 +220,10 @@ class ParsePool(Executor):
         seconds: float = DEFAULT_SECONDS,
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
         mp_context: BaseContext | None = None,
+        preload: Sequence[str] = (),
     ) -> None:
+        """`preload` names modules a forkserver imports once, before it forks the workers:
+        each then starts with them loaded instead of importing them itself."""
         self.max_workers = max_workers or os.cpu_count() or 1
         self.seconds = seconds
         self.memory_bytes = memory_bytes
@@ -228,6 +231,8 @@ class ParsePool(Executor):
         # forkserver, because forking a process that runs threads (APScheduler, the web
         # server) can copy a held lock into the child.
         self._context = mp_context or multiprocessing.get_context("forkserver")
+        if preload and isinstance(self._context, ForkServerContext):
+            self._context.set_forkserver_preload(["__main__", *preload])
         self._lock = threading.RLock()
         self._generation: _Generation | None = None
         self._suspects: deque[_Call] = deque()  # to run again one at a time

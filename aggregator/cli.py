@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
 
-from aggregator import __version__
+from aggregator import __version__, table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,6 +41,12 @@ def _err() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, soft_wrap=True)
+
+
+def _write(text: str) -> None:
+    """Plain text to standard output, as it is (no markup, no wrapping)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def _escape(text: str) -> str:
@@ -133,20 +139,18 @@ def poll(names: tuple[str, ...]) -> None:
 
     with _store(config) as store:
         outcomes = asyncio.run(_poll_all(config, store, sources))
-    from rich.table import Table
-
-    table = Table(title=f"Polled {len(outcomes)} sources")
-    for column in ("source", "status", *_COUNTS, "time"):
-        table.add_column(column, justify="right" if column not in ("source", "status") else "left")
-    for o in outcomes:
-        status = "not modified" if o.not_modified else (f"HTTP {o.status}" if o.ok else o.error)
-        table.add_row(
-            _escape(o.source),
-            _escape(status) if o.ok else f"[red]{_escape(status)}[/red]",
+    rows = [
+        (
+            o.source,
+            "not modified" if o.not_modified else (f"HTTP {o.status}" if o.ok else o.error),
             *(str(getattr(o, column)) for column in _COUNTS),
             f"{o.seconds:.2f}s",
         )
-    _out().print(table)
+        for o in outcomes
+    ]
+    headers = ("source", "status", *_COUNTS, "time")
+    right = frozenset(range(2, len(headers)))
+    _write(table.render(f"Polled {len(outcomes)} sources", headers, rows, right))
     failed = sum(not o.ok for o in outcomes)
 
     def total(column: str) -> int:
@@ -216,12 +220,7 @@ def status() -> None:
     config = _config()
     with _store(config) as store:
         states = store.source_states([s.name for s in config.sources])
-    from rich.table import Table
-
-    table = Table(title="Sources (times in UTC)")
-    for column in ("source", "enabled", "last poll", "status", "entries", "stored", "next due"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("notes")
+    rows = []
     for source, state in zip(config.sources, states, strict=True):
         notes = []
         if state.fetch_url(source.url) != source.url:
@@ -238,17 +237,20 @@ def status() -> None:
             due = "never (gone)"
         else:
             due = _when(state.next_due)
-        table.add_row(
-            source.name,
-            "yes" if source.enabled else "no",
-            _when(state.last_poll),
-            str(state.status or "-"),
-            str(state.entries),
-            str(state.stored),
-            due,
-            "\n".join(notes),
+        rows.append(
+            (
+                source.name,
+                "yes" if source.enabled else "no",
+                _when(state.last_poll),
+                str(state.status or "-"),
+                str(state.entries),
+                str(state.stored),
+                due,
+                "\n".join(notes),
+            )
         )
-    _out().print(table)
+    headers = ("source", "enabled", "last poll", "status", "entries", "stored", "next due", "notes")
+    _write(table.render("Sources (times in UTC)", headers, rows, frozenset({4, 5})))
 
 
 @main.command()

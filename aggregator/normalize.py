@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import html
 import logging
 import re
@@ -129,15 +128,6 @@ class Filter:
         if self._include and not self._matches(self._include, text):
             return False
         return not self._matches(self._exclude, text)
-
-
-def filters_key(source: Source) -> str:
-    """A fingerprint of the source's filters ("" for none): a poll that finds it changed
-    reads the document whole and takes back the stored entries the filters now refuse."""
-    if not source.include and not source.exclude:
-        return ""
-    blob = "\n".join(("include", *source.include, "exclude", *source.exclude))
-    return hashlib.blake2b(blob.encode("utf-8"), digest_size=8).hexdigest()
 
 
 def refused_by_filters(source: Source, entries: Iterable[Entry]) -> list[str]:

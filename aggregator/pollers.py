@@ -36,7 +36,7 @@ from aggregator.config import Config, Source
 from aggregator.errors import AggregatorError, StorageError
 from aggregator.fetch import Fetcher
 from aggregator.store import Address, Store
-from aggregator.update import MAX_POLLS, Outcome, Updater, first_failure
+from aggregator.update import MAX_POLLS, PARSE_MODULES, Outcome, Updater, first_failure
 
 SOURCES_PER_PROCESS = 250  # fewer per process and a process's start-up outweighs its share
 START_SECONDS = 60.0  # for a poller to start and say it is ready
@@ -112,6 +112,9 @@ class Pollers:
         """Start the processes and wait until each has its parse pool up."""
         # forkserver: the caller may run threads, whose held locks a fork would copy.
         context = multiprocessing.get_context("forkserver")
+        # Each poller is forked with what it runs already loaded (the forkserver imports it
+        # once), rather than importing it in every process.
+        context.set_forkserver_preload(["__main__", "aggregator.pollers"])
         try:
             for _ in range(self.processes):
                 ours, theirs = context.Pipe()
@@ -253,9 +256,9 @@ def _serve(conn: Connection, job: _Job) -> None:
     init_worker(0)  # no core files; Ctrl-C is for the parent, which stops us
     signal.signal(signal.SIGTERM, _terminated)
     store = Store.at(job.address)
-    executor = ParsePool(max_workers=job.parse_workers)
+    # The pool starts with the first changed document: a cycle of 304s needs none.
+    executor = ParsePool(max_workers=job.parse_workers, preload=PARSE_MODULES)
     try:
-        _warm(executor, job.parse_workers)
         asyncio.run(_cycles(conn, job, store, executor))
     finally:
         # Waits for a parse under way (bounded): workers left without their stop message
@@ -266,18 +269,6 @@ def _serve(conn: Connection, job: _Job) -> None:
 
 def _terminated(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
-
-
-def _ready() -> int:
-    import aggregator.update  # noqa: F401  (the parse stack, imported once per worker)
-
-    return os.getpid()
-
-
-def _warm(executor: Executor, workers: int) -> None:
-    """Start every parse worker now rather than in the first cycle that needs one."""
-    for job in [executor.submit(_ready) for _ in range(workers)]:
-        job.result()
 
 
 async def _cycles(conn: Connection, job: _Job, store: Store, executor: Executor) -> None:

@@ -25,7 +25,7 @@ from aggregator.config import Config, Source
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher
 from aggregator.store import Store
-from aggregator.update import Clock, Outcome, Updater, use_enough_threads, utcnow
+from aggregator.update import PARSE_MODULES, Clock, Outcome, Updater, use_enough_threads, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ MAX_IN_FLIGHT = 64
 def parse_pool() -> Executor:
     """Processes for parsing (feedparser is pure Python: threads would share one core), each
     parse bounded in time and memory, a dead worker replaced (aggregator/bounded.py)."""
-    return ParsePool(max_workers=os.cpu_count() or 1)
+    return ParsePool(max_workers=os.cpu_count() or 1, preload=PARSE_MODULES)
 
 
 class Worker:

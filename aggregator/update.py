@@ -27,8 +27,6 @@ from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import ParseError, SourceError, StorageError
 from aggregator.models import LISTING, Entry, FetchResult, NotModified, SourceState, Validators
-from aggregator.normalize import filters_key, future_dated, normalize, refused_by_filters
-from aggregator.parse import parse
 from aggregator.store import Address, HostSlot, HostSlotRequest, StateWrite, Store
 
 if TYPE_CHECKING:
@@ -45,6 +43,8 @@ MAX_POLLS = 256  # polls under way at once in one process (`poll_many`)
 Clock = Callable[[], datetime]
 GONE = datetime(9999, 1, 1, tzinfo=UTC)  # the due time of a source that answered 410
 NO_VALIDATORS = Validators()
+# What a parse-pool worker runs (`store_changed`): its pool's forkserver loads these once.
+PARSE_MODULES = ("aggregator.update", "aggregator.parse", "aggregator.normalize")
 
 
 def use_enough_threads() -> None:
@@ -114,6 +114,11 @@ def process(
 ) -> Processed:
     """Parse and normalize one fetched document. Pure, and picklable for a process pool.
     A source whose guids turn out unusable switches to link identity, for good."""
+    # Loaded here: only parse-pool workers parse (their forkserver preloads these), and a
+    # polling process whose documents all answer 304 never needs them.
+    from aggregator.normalize import future_dated, normalize
+    from aggregator.parse import parse
+
     feed = parse(body, url, content_type)
     pairs = [(e.guid, e.link) for e in feed.entries]
     problem = identity.guid_problem(pairs, previous_guids or {})
@@ -186,6 +191,8 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
             target.previous_guids(source.name),
         )
         if changed.refilter:
+            from aggregator.normalize import refused_by_filters
+
             target.drop_entries(
                 source.name, refused_by_filters(source, target.source_entries(source.name))
             )
@@ -195,7 +202,7 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
             "id_mode": processed.id_mode,
             "future_dated": processed.future_dated,
             "listing": LISTING,
-            "filters": filters_key(source),
+            "filters": source.filters_key,
         }
         if processed.guid_problem:
             state["id_note"] = f"ids from links: {processed.guid_problem}"
@@ -295,7 +302,7 @@ class Updater:
 
         # A document read under an earlier version, or under other filters, is read whole
         # again: what it lists must be recorded, what the filters refuse taken back.
-        filters = filters_key(source)
+        filters = source.filters_key
         whole = previous.listing != LISTING or previous.filters != filters
         try:
             fetched = await self.fetcher.fetch(url, NO_VALIDATORS if whole else previous.validators)

@@ -88,6 +88,8 @@ def test_a_poller_that_died_is_reported_and_its_parse_workers_go_too(
     config: Config, pollers: Pollers
 ) -> None:
     victim = pollers.pids[0]
+    assert not _descendants(victim)  # no parse pool until a document needs parsing
+    asyncio.run(pollers.poll_many(list(config.sources)))  # the first poll: every one changed
     below = _descendants(victim)  # its forkserver and parse worker
     assert below
     os.kill(victim, signal.SIGKILL)
