@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -251,12 +251,14 @@ class Config:
     tags: Mapping[str, Meta]
     path: Path
     data_dir: Path
+    # name → source: a worker looks up every source it claims (a thousand a round).
+    _by_name: Mapping[str, Source] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {s.name: s for s in self.sources})
 
     def source(self, name: str) -> Source:
-        for source in self.sources:
-            if source.name == name:
-                return source
-        raise KeyError(name)
+        return self._by_name[name]
 
     @property
     def enabled_sources(self) -> tuple[Source, ...]:
