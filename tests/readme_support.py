@@ -58,6 +58,7 @@ class Item:
     description: str = ""
     categories: tuple[str, ...] = ()
     enclosure: tuple[str, str, int] | None = None
+    raw_date: str = ""  # written as is instead of `date` (Chinese forms, zone names)
 
 
 def rss(
@@ -85,7 +86,7 @@ def rss(
                 title=escape(item.title),
                 link=escape(item.link),
                 guid=escape(item.guid or item.link),
-                date=format_datetime(item.date),
+                date=escape(item.raw_date or format_datetime(item.date)),
                 extra=extra,
                 description=escape(item.description or f"<p>{item.title}</p>"),
             )
