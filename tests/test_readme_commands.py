@@ -175,7 +175,8 @@ def test_row_command_poll(site: Site) -> None:
     assert (ok, failed, merged, filtered, cut) == (3, 0, 1, 1, 1), polled.summary
     assert new == 2 + 2, polled.summary
     row = table_rows(polled.stdout)["jingjiribao"]
-    assert row[1] == "HTTP 200" and row[5:8] == ["0", "1", "1"], row
+    # (which of jingjiribao and copy counts the story as merged depends on which finishes first)
+    assert row[1] == "HTTP 200" and row[6:8] == ["1", "1"], row  # filtered, cut
 
     again = site.poll("tech")
     assert again.returncode == 0
