@@ -14,8 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import Message
@@ -33,6 +32,7 @@ from tests.conftest import FeedServer, Route, free_port
 TEMPLATES = Path(__file__).parent / "data" / "readme"
 CHINA = timezone(timedelta(hours=8), "CST")
 STARTUP_SECONDS = 30.0
+_LOGS: dict[int, Path] = {}  # pid → the log file of a process `Site` started
 
 
 # --- fixture feeds -------------------------------------------------------------------------
@@ -387,13 +387,22 @@ class Site:
 
     def start(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         """A long-running command (worker, web, run), stopped when the test ends."""
-        process = subprocess.Popen(
-            [sys.executable, "-m", "aggregator", *args],
-            env=dict(env if env is not None else self.env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            cwd=self.root,
-        )
+        return self._spawn([sys.executable, "-m", "aggregator", *args], env)
+
+    def _spawn(
+        self, command: Sequence[str], env: Mapping[str, str] | None
+    ) -> subprocess.Popen[bytes]:
+        # Its log goes to a file, not a pipe: a pipe nobody reads fills and stalls the process.
+        log = self.root / f"process-{len(self.processes)}.log"
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                list(command),
+                env=dict(env if env is not None else self.env),
+                stdout=subprocess.DEVNULL,
+                stderr=output,
+                cwd=self.root,
+            )
+        _LOGS[process.pid] = log
         self.processes.append(process)
         return process
 
@@ -404,14 +413,7 @@ class Site:
         once it answers /healthz."""
         port = port or free_port()
         if command:
-            process = subprocess.Popen(
-                list(command),
-                env=dict(env if env is not None else self.env),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                cwd=self.root,
-            )
-            self.processes.append(process)
+            process = self._spawn(command, env)
         else:
             process = self.start("web", "--port", str(port), env=env)
         web = Web(f"http://127.0.0.1:{port}", process)
@@ -440,8 +442,6 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
-    if process.stderr is not None:
-        process.stderr.close()
     return process.returncode
 
 
@@ -458,7 +458,8 @@ def wait_for(
         if value:
             return value
         if process is not None and process.poll() is not None:
-            errors = process.stderr.read().decode("utf-8", "replace") if process.stderr else ""
+            log = _LOGS.get(process.pid)
+            errors = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log else ""
             raise AssertionError(f"{what}: the process exited ({process.returncode}): {errors}")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
@@ -494,14 +495,6 @@ class InFlight:
         with self._lock:
             self.now -= 1
         return Route(200, {"Content-Type": "application/xml"}, self.body)
-
-
-@contextmanager
-def running(site: Site) -> Iterator[Site]:
-    try:
-        yield site
-    finally:
-        site.stop_all()
 
 
 def parse_when(text: str) -> datetime:

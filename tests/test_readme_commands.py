@@ -180,7 +180,7 @@ def test_row_command_poll(site: Site) -> None:
 
     again = site.poll("tech")
     assert again.returncode == 0
-    assert set(table_rows(again.stdout)) == {"source", "tech"}, again.stdout
+    assert set(table_rows(again.stdout)) == {"tech"}, again.stdout
 
     dead = f"http://127.0.0.1:{free_port()}/feed.xml"
     site.write([{"name": "dead", "url": dead}, {"name": "gone", "url": site.server.url("none")}])
