@@ -252,6 +252,11 @@ class Web:
     def get(self, path: str, headers: Mapping[str, str] | None = None) -> Answer:
         return fetch(self.base + path, headers)
 
+    def wait(self) -> Web:
+        """Until it answers /healthz."""
+        wait_for(lambda: _answers(self), f"web at {self.base}", process=self.process)
+        return self
+
     def ok(self, path: str) -> Answer:
         answer = self.get(path)
         assert answer.status == 200, (path, answer.status, answer.body[:300])
@@ -407,18 +412,22 @@ class Site:
         return process
 
     def web(
-        self, *command: str, env: Mapping[str, str] | None = None, port: int | None = None
+        self,
+        *command: str,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        wait: bool = True,
     ) -> Web:
         """`aggregator web --port P` (or the `command` given, which must listen on `port`),
-        once it answers /healthz."""
+        once it answers /healthz; with wait=False at once (start it beside a poll: the two
+        share only Redis), and `Web.wait()` later."""
         port = port or free_port()
         if command:
             process = self._spawn(command, env)
         else:
             process = self.start("web", "--port", str(port), env=env)
         web = Web(f"http://127.0.0.1:{port}", process)
-        wait_for(lambda: _answers(web), f"web on port {port}", process=process)
-        return web
+        return web.wait() if wait else web
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):

@@ -90,13 +90,15 @@ def test_row_command_worker(site: Site) -> None:
     workers = [site.start("worker"), site.start("worker")]
 
     def both_polled() -> bool:
-        rows = site.status()
-        return all(rows[name][3] == "200" for name in ("jingjiribao", "tech"))
+        # the fixture server's own record: asking `status` in a loop would load the machine
+        return bool(site.requests_to("jingji.xml") and site.requests_to("tech.xml"))
 
     wait_for(both_polled, "the workers poll every source", process=workers[0])
     time.sleep(1.5)  # a few more ticks of both workers
     assert len(site.requests_to("jingji.xml")) == 1, site.server.requests
     assert len(site.requests_to("tech.xml")) == 1, site.server.requests
+    rows = site.status()
+    assert rows["jingjiribao"][3] == "200" and rows["tech"][3] == "200", rows
 
     extra = site.serve(
         "extra.xml", rss([Item("Extra story", "https://x.example.org/1", hours_ago(1))])
@@ -254,7 +256,8 @@ def test_row_command_reload(site: Site) -> None:
     site.write(sources)
     worker = site.start("worker")
     web = site.web()
-    wait_for(lambda: "never" in site.status()["moved"][6], "the 410 source is unscheduled")
+    wait_for(lambda: site.requests_to("old.xml"), "the worker polls the 410 source", process=worker)
+    wait_for(lambda: "never" in site.status()["moved"][6], "the 410 source is unscheduled", 10)
     tag = "/tags/" + quote(JINGJI_TAG, safe="")
     assert web.ok(tag + ".atom").feed().feed.title == JINGJI_TAG
     assert web.ok(tag + ".atom").headers["Cache-Control"] == "public, max-age=900"

@@ -127,8 +127,9 @@ def test_row_settings_public_url(site: Site) -> None:
     """Unset (the default): self and page links are built from the request's own scheme, host
     and port. Configured: it wins."""
     site.write(standard_sources(site))
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     path = "/tags/" + quote(JINGJI_TAG, safe="")
     feed = web.ok(path + ".atom").feed()
     self_links = [link.href for link in feed.feed.links if link.rel == "self"]
@@ -152,9 +153,10 @@ def test_row_settings_default_interval(site: Site) -> None:
     """A source that names no interval is polled every default_interval (15m shipped); the
     feeds say so in Cache-Control."""
     site.write(standard_sources(site))
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
     assert_about(due_after_poll(site, "tech"), 15 * 60)
-    web = site.web()
+    web.wait()
     assert web.ok("/categories/technology.atom").headers["Cache-Control"] == ("public, max-age=900")
     stop(web.process)
     site.write(standard_sources(site), settings={"default_interval": "2h"})
@@ -253,9 +255,10 @@ def test_row_settings_retention(site: Site) -> None:
     listed it, never while listed (a 304 lists again); each source keeps keep_per_source."""
     sources = standard_sources(site)
     site.write(sources)
+    web = site.web(wait=False)
     first = site.poll()
     assert first.returncode == 0
-    web = site.web()
+    web.wait()
     shown = titles(web.ok("/all.atom").feed())
     # Shipped defaults keep the 2017, 2019 and 2022 entries their feeds still list.
     for title in (
@@ -270,10 +273,11 @@ def test_row_settings_retention(site: Site) -> None:
     # max_entries caps each category, newest by date kept; "new" counts only what is seen.
     redis.Redis.from_url(site.redis_url).flushall()
     site.write(sources, settings={"retention": {"max_entries": 3}})
+    web = site.web(wait=False)
     capped = site.poll()
     assert capped.counts["new entries"] == 3 + 2, capped.stdout
     assert capped.counts.get("cut by max_entries") == 1, capped.stdout
-    web = site.web()
+    web.wait()
     kept = titles(web.ok("/categories/jingjiribao.atom").feed())
     assert "2017年全国就业形势总体稳定" not in kept and len(kept) == 3, kept
     assert site.status()["jingjiribao"][5] == "3"
@@ -289,8 +293,9 @@ def test_row_settings_retention(site: Site) -> None:
     site.serve("jingji.xml", jingji_feed([recent]))  # the old two are no longer listed
     assert site.poll().returncode == 0
     time.sleep(2.5)  # past max_age since they were last listed
+    web = site.web(wait=False)
     assert site.poll().returncode == 0  # tech answers 304: its 2019 entry is listed again
-    web = site.web()
+    web.wait()
     left = titles(web.ok("/all.atom").feed())
     assert "最新消息" in left and "Podcast: building static sites" in left, left
     assert "一季度城镇新增就业稳步增长" in left, left  # second newest of its source: kept
@@ -397,8 +402,9 @@ def test_row_sources_url(site: Site) -> None:
 def test_row_sources_category(site: Site) -> None:
     """Its entries are filed under the category; it defaults to the name."""
     site.write(standard_sources(site))
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     tech = titles(web.ok("/categories/technology.atom").feed())
     assert tech == ["Release notes for this week", "Podcast: building static sites"]
     jingji = web.ok("/categories/jingjiribao.json").json()["items"]
@@ -420,8 +426,9 @@ def test_row_sources_tags(site: Site) -> None:
         }
     )
     site.write(sources)
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     both = titles(web.ok("/tags/" + quote("财经", safe="") + ".atom").feed())
     assert len(both) == 6 and "直播带岗助力稳就业" in both and "Release notes for this week" in both
     assert "Untagged story" not in both
@@ -438,8 +445,9 @@ def test_row_sources_tags(site: Site) -> None:
 def test_row_sources_title(site: Site) -> None:
     """The source's title in our feeds; else the feed's own."""
     site.write(standard_sources(site))
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     items = web.ok("/all.json").json()["items"]
     by_source = {i["_source"]["name"]: i["_source"]["title"] for i in items}
     assert by_source == {"jingjiribao": "经济日报", "tech": "Example Tech News"}
@@ -454,10 +462,12 @@ def test_row_sources_interval(site: Site) -> None:
     sources[0]["interval"] = "5m"
     sources[1]["interval"] = "2h"
     site.write(sources)
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    assert_about(due_after_poll(site, "jingjiribao"), 300)
-    assert_about(due_after_poll(site, "tech"), 7200)
-    web = site.web()
+    rows = site.status()
+    assert_about(parse_when(rows["jingjiribao"][6]) - parse_when(rows["jingjiribao"][2]), 300)
+    assert_about(parse_when(rows["tech"][6]) - parse_when(rows["tech"][2]), 7200)
+    web.wait()
     assert web.ok("/categories/technology.rss").headers["Cache-Control"] == "public, max-age=3600"
     assert web.ok("/categories/jingjiribao.rss").headers["Cache-Control"] == "public, max-age=300"
     # a tag of both sources: the shortest
@@ -490,9 +500,10 @@ def test_row_sources_include_exclude(site: Site) -> None:
     sources[0]["exclude"] = ["直播"]
     site.write(sources)
     assert site.cli("reload").returncode == 0
+    web = site.web(wait=False)
     again = site.poll()
     assert "not modified" in again.row("jingjiribao"), again.stdout
-    web = site.web()
+    web.wait()
     shown = titles(web.ok("/all.atom").feed())
     assert "直播带岗助力稳就业" not in shown and "一季度城镇新增就业稳步增长" in shown, shown
 
@@ -530,8 +541,9 @@ def test_row_categories_and_tags_metadata(site: Site) -> None:
         categories={"technology": {"title": "科技", "description": "科技与互联网"}},
         tags={JINGJI_TAG: {"title": "经济日报 · 要闻", "description": "经济日报每日要闻"}},
     )
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     tag = "/tags/" + quote(JINGJI_TAG, safe="")
     atom = web.ok(tag + ".atom").feed()
     assert atom.feed.title == "经济日报 · 要闻" and atom.feed.subtitle == "经济日报每日要闻"

@@ -101,9 +101,10 @@ def test_note_two_parsers(site: Site) -> None:
             {"name": "tech", "url": site.serve("tech.xml", tech_feed())},
         ]
     )
+    web = site.web(wait=False)
     polled = site.poll()
     assert polled.counts["ok"] == 4, polled.stdout
-    web = site.web()
+    web.wait()
     items = by_title(web.ok("/all.json").json()["items"])
     origin = f"http://127.0.0.1:{site.server.port}"
     assert items["相对链接的文章"]["url"] == origin + "/posts/1.html"
@@ -209,8 +210,9 @@ def test_note_dates_keep_the_source_offset(site: Site) -> None:
         ]
     )
     before = datetime.now(UTC).replace(microsecond=0)
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     got = by_title(web.ok("/tags/" + quote("日期", safe="") + ".json").json()["items"])
     assert got["东八区时间"]["date_published"] == "2022-04-05T05:50:27+08:00"
     assert got["中国标准时间"]["date_published"] == "2024-03-04T09:00:00+08:00"
@@ -255,9 +257,10 @@ def test_note_charsets(site: Site) -> None:
             {"name": name, "url": site.serve(f"{name}.xml", body, headers), "tags": ["字"]}
         )
     site.write(sources)
+    web = site.web(wait=False)
     polled = site.poll()
     assert polled.counts["ok"] == 4, polled.stdout
-    web = site.web()
+    web.wait()
     shown = set(titles(web.ok("/tags/" + quote("字", safe="") + ".atom").feed()))
     assert shown == {"标签说谎的UTF-8", "朱镕基与王堃", "臺灣新聞：圍碁", "经济日报要闻"}
 
@@ -275,11 +278,12 @@ def test_note_bounded_parsing(site: Site) -> None:
     sources.append({"name": "bomb", "url": site.serve("bomb.xml", bomb)})
     site.write(sources)
     started = time.monotonic()
+    web = site.web(wait=False)
     polled = site.poll()
     assert time.monotonic() - started < 15
     rows = table_rows(polled.stdout)
     assert rows["jingjiribao"][1] == "HTTP 200" and rows["tech"][1] == "HTTP 200", polled.stdout
-    web = site.web()
+    web.wait()
     for item in web.ok("/all.json").json()["items"]:
         assert len(item.get("title", "")) < 1000  # nothing expanded
 
@@ -299,8 +303,9 @@ def test_note_entry_ids(site: Site) -> None:
         {"name": "sameguid", "url": site.serve("same.xml", rss(shared, language="zh-cn"))}
     )
     site.write(sources)
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     items = by_title(web.ok("/all.json").json()["items"])
     item = items["直播带岗助力稳就业"]
     guid = "https://finews.example.cn/html_News/today/1.html"
@@ -366,10 +371,11 @@ def test_note_one_story_stored_once(site: Site) -> None:
             {"name": "podcast", "url": site.serve("podcast.xml", podcast)},
         ]
     )
+    web = site.web(wait=False)
     polled = site.poll()
     assert polled.returncode == 0
     assert polled.counts.get("merged") == 2, polled.stdout
-    web = site.web()
+    web.wait()
     items = web.ok("/all.json").json()["items"]
     assert len(items) == 2 + 3, [i.get("title") for i in items]
     merged = by_title(items)["同一条新闻"]  # the second source's blank title did not win
@@ -394,8 +400,9 @@ def test_note_writes_are_atomic(site: Site) -> None:
     `updated` when the source gave none, and moves between indexes when its tags change."""
     sources = standard_sources(site)
     site.write(sources)
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     before = by_title(web.ok("/all.json").json()["items"])
 
     items = tech_items()
@@ -421,9 +428,10 @@ def test_note_writes_are_atomic(site: Site) -> None:
 
     sources[1]["tags"] = ["科技"]
     site.write(sources)
+    stop(web.process)  # a web process reads the tags from feeds.yaml when it starts
+    web = site.web(wait=False)
     assert site.poll("tech").returncode == 0
-    stop(web.process)
-    web = site.web()
+    web.wait()
     assert web.get("/tags/node.js.json").status == 404  # no longer a tag, and nothing in it
     moved = titles(web.ok("/tags/" + quote("科技", safe="") + ".atom").feed())
     assert moved == ["Release notes for this week", "Podcast: building static sites"]
@@ -435,8 +443,9 @@ def test_note_retention(site: Site) -> None:
     """Retention runs per category after each poll; an entry leaving its last category leaves
     every index, and a tombstone keeps it from coming back while its source still lists it."""
     site.write(standard_sources(site), settings={"retention": {"max_entries": 3}})
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     old = "2017年全国就业形势总体稳定"
     for path in ("/all.atom", "/categories/jingjiribao.atom", "/tags/%E8%B4%A2%E7%BB%8F.atom"):
         assert old not in titles(web.ok(path).feed()), path
@@ -451,8 +460,9 @@ def test_note_redis_cluster_keys(site: Site) -> None:
     """Every key shares the hash tag {agg}, so multi-key transactions run on a cluster."""
     sources = standard_sources(site)
     site.write(sources)
+    web = site.web(wait=False)
     assert site.poll().returncode == 0
-    web = site.web()
+    web.wait()
     web.ok("/all.atom")
     web.ok("/tags/" + quote(JINGJI_TAG, safe="") + ".json")
     assert site.cli("reload").returncode == 0

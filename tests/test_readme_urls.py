@@ -54,9 +54,10 @@ def polled_site(site: Site) -> Web:
     sources[1]["tags"] = ["财经", *AWKWARD_TAGS]
     sources[1]["category"] = "科技 · 互联网"
     site.write(sources)
+    web = site.web(wait=False)
     polled = site.poll()
     assert polled.returncode == 0, polled.stdout + polled.stderr
-    return site.web()
+    return web.wait()
 
 
 def feed_path(kind: str, name: str, fmt: str) -> str:
@@ -244,9 +245,10 @@ def test_url_text_limit_and_page(site: Site) -> None:
             }
         ]
     )
+    web = site.web(wait=False)
     polled = site.poll()
     assert polled.counts["new entries"] == 505, polled.stdout
-    web = site.web()
+    web.wait()
     path = feed_path("tags", "快讯", "atom")
     assert len(web.ok(path).feed().entries) == 50
     assert len(web.ok(path + "?limit=7").feed().entries) == 7
