@@ -293,13 +293,15 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("│┃").split("│")] if "│" in line else []
 
 
-def table_rows(stdout: str) -> dict[str, list[str]]:
-    """First-column value → cells, for every body row of a rich table."""
-    rows: dict[str, list[str]] = {}
+def table_rows(stdout: str) -> dict[str, dict[str, str]]:
+    """First-column value → {column: cell}, for every body row of a rich table (a cell that
+    wraps onto more lines keeps its first)."""
+    header = table_header(stdout)
+    rows: dict[str, dict[str, str]] = {}
     for line in stdout.splitlines():
         cells = _cells(line)
         if cells and cells[0]:
-            rows.setdefault(cells[0], cells)
+            rows.setdefault(cells[0], dict(zip(header, cells, strict=False)))
     return rows
 
 

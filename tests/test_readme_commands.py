@@ -78,7 +78,7 @@ def test_row_command_run(site: Site) -> None:
     assert "2017年全国就业形势总体稳定" in shown and "直播带岗助力稳就业" in shown
     # `status` beside it sees what it polled.
     rows = site.status()
-    assert rows["jingjiribao"][3] == "200" and rows["tech"][3] == "200"
+    assert rows["jingjiribao"]["status"] == "200" and rows["tech"]["status"] == "200"
     assert stop(process) == 0
 
 
@@ -98,7 +98,7 @@ def test_row_command_worker(site: Site) -> None:
     assert len(site.requests_to("jingji.xml")) == 1, site.server.requests
     assert len(site.requests_to("tech.xml")) == 1, site.server.requests
     rows = site.status()
-    assert rows["jingjiribao"][3] == "200" and rows["tech"][3] == "200", rows
+    assert rows["jingjiribao"]["status"] == "200" and rows["tech"]["status"] == "200", rows
 
     extra = site.serve(
         "extra.xml", rss([Item("Extra story", "https://x.example.org/1", hours_ago(1))])
@@ -178,7 +178,7 @@ def test_row_command_poll(site: Site) -> None:
     assert new == 2 + 2, polled.summary
     row = table_rows(polled.stdout)["jingjiribao"]
     # (which of jingjiribao and copy counts the story as merged depends on which finishes first)
-    assert row[1] == "HTTP 200" and row[6:8] == ["1", "1"], row  # filtered, cut
+    assert (row["status"], row["filtered"], row["cut"]) == ("HTTP 200", "1", "1"), row
 
     again = site.poll("tech")
     assert again.returncode == 0
@@ -236,11 +236,10 @@ def test_row_command_status(site: Site) -> None:
         assert column in header, header
     rows = table_rows(done.stdout)
     assert set(rows) >= {"jingjiribao", "tech", "missing", "refused"}
-    stored = rows["jingjiribao"][header.index("stored")]
-    assert rows["jingjiribao"][header.index("entries")] == "4" and stored == "3"
-    assert rows["missing"][header.index("status")] == "404"
-    assert "HTTP 404" in rows["missing"][-1]
-    assert f"connection refused by 127.0.0.1:{dead_port}" in rows["refused"][-1], done.stdout
+    assert rows["jingjiribao"]["entries"] == "4" and rows["jingjiribao"]["stored"] == "3"
+    assert rows["missing"]["status"] == "404"
+    assert "HTTP 404" in rows["missing"]["notes"]
+    assert f"connection refused by 127.0.0.1:{dead_port}" in rows["refused"]["notes"], done.stdout
     for line in done.stdout.splitlines():
         assert "causes" not in line and "Error(" not in line, line
 
@@ -257,7 +256,9 @@ def test_row_command_reload(site: Site) -> None:
     worker = site.start("worker")
     web = site.web()
     wait_for(lambda: site.requests_to("old.xml"), "the worker polls the 410 source", process=worker)
-    wait_for(lambda: "never" in site.status()["moved"][6], "the 410 source is unscheduled", 10)
+    wait_for(
+        lambda: "never" in site.status()["moved"]["next due"], "the 410 source is unscheduled", 10
+    )
     tag = "/tags/" + quote(JINGJI_TAG, safe="")
     assert web.ok(tag + ".atom").feed().feed.title == JINGJI_TAG
     assert web.ok(tag + ".atom").headers["Cache-Control"] == "public, max-age=900"

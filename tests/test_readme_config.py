@@ -55,7 +55,7 @@ def one_line_error(text: str) -> None:
 
 def due_after_poll(site: Site, name: str) -> timedelta:
     row = site.status()[name]
-    return parse_when(row[6]) - parse_when(row[2])
+    return parse_when(row["next due"]) - parse_when(row["last poll"])
 
 
 def assert_about(actual: timedelta, seconds: float) -> None:
@@ -194,7 +194,7 @@ def test_row_settings_timeout(site: Site) -> None:
     polled = site.poll()
     assert polled.counts["ok"] == 1 and polled.counts["failed"] == 1, polled.stdout
     assert re.search(r"timed out after 1 ?s", polled.row("slow")), polled.stdout
-    notes = site.status()["slow"][7]
+    notes = site.status()["slow"]["notes"]
     assert re.search(r"timed out after 1 ?s", notes), notes
     one_line_error(notes)
 
@@ -280,7 +280,7 @@ def test_row_settings_retention(site: Site) -> None:
     web.wait()
     kept = titles(web.ok("/categories/jingjiribao.atom").feed())
     assert "2017年全国就业形势总体稳定" not in kept and len(kept) == 3, kept
-    assert site.status()["jingjiribao"][5] == "3"
+    assert site.status()["jingjiribao"]["stored"] == "3"
     stop(web.process)
 
     # Age counts from the last listing; keep_per_source holds a source's newest.
@@ -338,7 +338,7 @@ def test_row_settings_block_private_addresses(site: Site) -> None:
     polled = site.poll()
     assert polled.returncode == 1 and polled.counts["failed"] == 1, polled.stdout
     assert len(site.server.requests) == seen
-    notes = site.status()["tech"][7]
+    notes = site.status()["tech"]["notes"]
     assert "127.0.0.1" in notes and ("private" in notes or "loopback" in notes), notes
     one_line_error(notes)
 
@@ -394,7 +394,7 @@ def test_row_sources_url(site: Site) -> None:
     site.write(sources)
     polled = site.poll()
     assert polled.counts["ok"] == 2 and polled.counts["failed"] == 1, polled.stdout
-    notes = site.status()["tls"][7]
+    notes = site.status()["tls"]["notes"]
     assert notes, "the failure is recorded on the source"
     one_line_error(notes)
 
@@ -465,8 +465,11 @@ def test_row_sources_interval(site: Site) -> None:
     web = site.web(wait=False)
     assert site.poll().returncode == 0
     rows = site.status()
-    assert_about(parse_when(rows["jingjiribao"][6]) - parse_when(rows["jingjiribao"][2]), 300)
-    assert_about(parse_when(rows["tech"][6]) - parse_when(rows["tech"][2]), 7200)
+    assert_about(
+        parse_when(rows["jingjiribao"]["next due"]) - parse_when(rows["jingjiribao"]["last poll"]),
+        300,
+    )
+    assert_about(parse_when(rows["tech"]["next due"]) - parse_when(rows["tech"]["last poll"]), 7200)
     web.wait()
     assert web.ok("/categories/technology.rss").headers["Cache-Control"] == "public, max-age=3600"
     assert web.ok("/categories/jingjiribao.rss").headers["Cache-Control"] == "public, max-age=300"
@@ -517,8 +520,8 @@ def test_row_sources_enabled(site: Site) -> None:
     assert polled.counts["ok"] == 1, polled.stdout
     assert not site.requests_to("tech.xml")
     rows = site.status()
-    assert rows["tech"][1] == "no" and rows["tech"][6] == "-"
-    assert rows["jingjiribao"][1] == "yes"
+    assert rows["tech"]["enabled"] == "no" and rows["tech"]["next due"] == "-"
+    assert rows["jingjiribao"]["enabled"] == "yes"
 
 
 def test_row_sources_websub(site: Site) -> None:

@@ -58,9 +58,9 @@ def site(
     s.stop_all()
 
 
-def due_in(row: list[str]) -> float:
+def due_in(row: dict[str, str]) -> float:
     """Seconds from a source's last poll to its next due time, as `status` shows them."""
-    return (parse_when(row[6]) - parse_when(row[2])).total_seconds()
+    return (parse_when(row["next due"]) - parse_when(row["last poll"])).total_seconds()
 
 
 def by_title(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -282,7 +282,7 @@ def test_note_bounded_parsing(site: Site) -> None:
     polled = site.poll()
     assert time.monotonic() - started < 15
     rows = table_rows(polled.stdout)
-    assert rows["jingjiribao"][1] == "HTTP 200" and rows["tech"][1] == "HTTP 200", polled.stdout
+    assert rows["jingjiribao"]["status"] == rows["tech"]["status"] == "HTTP 200", polled.stdout
     web.wait()
     for item in web.ok("/all.json").json()["items"]:
         assert len(item.get("title", "")) < 1000  # nothing expanded
@@ -318,7 +318,7 @@ def test_note_entry_ids(site: Site) -> None:
     assert site.poll("jingjiribao").returncode == 0
     again = by_title(web.ok("/all.json").json()["items"])
     assert again["直播带岗助力稳就业"]["id"] == item["id"]
-    assert "identified by link" in site.status()["sameguid"][7]
+    assert "identified by link" in site.status()["sameguid"]["notes"]
 
 
 def test_note_one_story_stored_once(site: Site) -> None:
@@ -416,7 +416,7 @@ def test_note_writes_are_atomic(site: Site) -> None:
     site.serve("tech.xml", tech_feed(items))
     changed = site.poll("tech")
     row = table_rows(changed.stdout)["tech"]
-    assert row[3:5] == ["0", "1"], changed.stdout  # new 0, updated 1
+    assert (row["new"], row["updated"]) == ("0", "1"), changed.stdout
     after = by_title(web.ok("/all.json").json()["items"])
     podcast = after["Podcast: building static sites"]
     assert "Show notes, corrected." in podcast["content_html"]
@@ -535,8 +535,8 @@ def test_note_scheduling_failures_back_off(site: Site) -> None:
             expected = 900 * 2 ** (failures - 1)
             seconds = due_in(rows[name])
             assert expected * 0.9 - 2 <= seconds <= expected * 1.1 + 2, (name, failures, seconds)
-        assert f"{failures} failure(s)" in rows["missing"][7]
-        assert "HTTP 404" in rows["missing"][7] and "HTTP 500" in rows["broken"][7]
+        assert f"{failures} failure(s)" in rows["missing"]["notes"]
+        assert "HTTP 404" in rows["missing"]["notes"] and "HTTP 500" in rows["broken"]["notes"]
         daily = due_in(rows["daily"])
         assert 86400 * 0.9 - 2 <= daily <= 86400 + 2, daily  # never beyond the day cap
 
@@ -553,10 +553,15 @@ def test_note_scheduling_retry_after(site: Site) -> None:
     assert site.poll().returncode == 1
     rows = site.status()
     assert (
-        abs((parse_when(rows["busy"][6]) - parse_when(rows["busy"][2])).total_seconds() - 7200)
+        abs(
+            (
+                parse_when(rows["busy"]["next due"]) - parse_when(rows["busy"]["last poll"])
+            ).total_seconds()
+            - 7200
+        )
         <= 3 * 60
     )
-    assert abs((parse_when(rows["down"][6]) - when).total_seconds()) <= 30 * 60
+    assert abs((parse_when(rows["down"]["next due"]) - when).total_seconds()) <= 30 * 60
     later = due_in(rows["later"])
     assert abs(later - 7 * 86400) <= 60, later
 
@@ -576,7 +581,7 @@ def test_note_scheduling_redirects(site: Site) -> None:
     text = site.status_text()
     assert site.server.url("old.xml") in text and site.server.url("new.xml") in text
     rows = table_rows(text)
-    assert "never" in rows["gone"][6] and "410" in text
+    assert "never" in rows["gone"]["next due"] and "410" in text
 
 
 def test_note_politeness_per_host(site: Site) -> None:
@@ -605,13 +610,10 @@ def test_note_conditional_get(site: Site) -> None:
     assert "not modified" in second.row("tech")
     site.server.etags = False  # the same bytes again, now without validators
     quiet = site.poll()
-    for name in ("jingjiribao", "tech"):
-        assert table_rows(quiet.stdout)[name][1:5] == [
-            "not modified",
-            str(4 - 2 * (name == "tech")),
-            "0",
-            "0",
-        ], quiet.stdout
+    listed = {"jingjiribao": "4", "tech": "2"}
+    for name, row in table_rows(quiet.stdout).items():
+        shown = (row["status"], row["entries"], row["new"], row["updated"])
+        assert shown == ("not modified", listed[name], "0", "0"), quiet.stdout
     assert site.server.requests[-1].status == 200
 
 
