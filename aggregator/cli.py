@@ -99,7 +99,24 @@ def _logging() -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every tick at INFO
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group: a failure this package names (Redis out of reach, a file it cannot
+    write) ends the command with one line on stderr and exit 1, never a traceback; the
+    traceback goes to the debug log."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from aggregator.errors import AggregatorError
+
+        try:
+            return super().invoke(ctx)
+        except AggregatorError as err:
+            import logging
+
+            logging.getLogger(__name__).debug("%s failed", ctx.invoked_subcommand, exc_info=True)
+            _fail(_escape(str(err)))
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="aggregator")
 def main() -> None:
     """Poll the feeds listed in feeds.yaml and republish them merged per tag.
@@ -250,7 +267,7 @@ def status() -> None:
             )
         )
     headers = ("source", "enabled", "last poll", "status", "entries", "stored", "next due", "notes")
-    _write(table.render("Sources (times in UTC)", headers, rows, frozenset({4, 5})))
+    _write(table.render("Sources (times in UTC)", headers, rows))
 
 
 @main.command()

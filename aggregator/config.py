@@ -219,13 +219,18 @@ class Source(_Frozen):
         return self.category or self.name
 
     @property
-    def filters_key(self) -> str:
-        """A fingerprint of `include` and `exclude` ("" for none): a poll that finds it
-        changed reads the document whole and takes back the stored entries the filters now
-        refuse."""
-        if not self.include and not self.exclude:
+    def filing_key(self) -> str:
+        """A fingerprint of what of this source's configuration shapes its stored entries:
+        its filters, category, tags and title ("" when none is set). A poll that finds it
+        changed reads the document whole, so the entries are filed anew and what the filters
+        now refuse is taken back, though the server would answer 304."""
+        if not (self.include or self.exclude or self.category or self.tags or self.title):
             return ""
-        blob = "\n".join(("include", *self.include, "exclude", *self.exclude))
+        parts = (
+            "include", *self.include, "exclude", *self.exclude,
+            "category", self.category or "", "tags", *self.tags, "title", self.title or "",
+        )  # fmt: skip
+        blob = "\n".join(parts)
         return hashlib.blake2b(blob.encode("utf-8"), digest_size=8).hexdigest()
 
 

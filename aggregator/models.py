@@ -329,10 +329,13 @@ class SourceState:
     gone: bool = False  # answered 410: not polled again on schedule
     body_hash: str = ""
     # What the last full poll was made under: the version of what a poll records of its
-    # document (`LISTING`), and the source's filters; either differing means the next poll
-    # fetches and reads the document whole, whatever its validators say.
+    # document (`LISTING`), and the source's filing (`Source.filing_key`); either differing
+    # means the next poll fetches and reads the document whole, whatever its validators say.
     listing: str = ""
-    filters: str = ""
+    filing: str = ""
+    # When the next entry the source no longer lists comes of age (epoch seconds): a poll
+    # answered 304 runs retention from then on (settings.retention.max_age).
+    age_check: float | None = None
 
     def fetch_url(self, configured: str) -> str:
         """The URL to poll: the permanent redirect's target while feeds.yaml still names the

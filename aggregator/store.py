@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import random
+import re
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,7 +27,7 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from aggregator import keys
 from aggregator.errors import StorageError
@@ -57,7 +60,7 @@ redis.call('EXPIRE', KEYS[1], 3600)
 redis.call('EXPIRE', KEYS[2], 120)
 return '0'
 """
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 32  # a save that keeps conflicting: retried with backoff, about 5 s at most
 DAY = 86400
 
 
@@ -141,9 +144,12 @@ def connect(url: str, *, text: bool = True) -> redis.Redis | RedisCluster:
     """A client for `url`; `redis+cluster://host:port` selects Redis Cluster. `text` clients
     answer str; the others bytes (stored entries are compressed)."""
     if url.startswith("redis+cluster://"):
-        return RedisCluster.from_url(
-            "redis://" + url.removeprefix("redis+cluster://"), decode_responses=text
-        )
+        # A cluster client asks for the slot map as it is made: unreachable, that is a
+        # StorageError like any other Redis failure.
+        with _storage_errors(f"connecting to the cluster at {url}"):
+            return RedisCluster.from_url(
+                "redis://" + url.removeprefix("redis+cluster://"), decode_responses=text
+            )
     return redis.Redis.from_url(url, decode_responses=text, health_check_interval=30)
 
 
@@ -155,7 +161,8 @@ def _text(value: bytes | str | None) -> str | None:
 def _storage_errors(action: str) -> Iterator[None]:
     try:
         yield
-    except redis.RedisError as err:
+    except (redis.RedisError, RedisClusterException) as err:
+        # RedisClusterException (no slot map, no node reachable) is not a RedisError.
         raise StorageError(f"Redis failed while {action}: {err}") from err
 
 
@@ -234,14 +241,16 @@ class Store:
     def _transaction(self, action: str, attempt: Any) -> Any:
         """Run `attempt(pipe)` (WATCH, read, MULTI, queue writes) until EXEC succeeds."""
         with _storage_errors(action):
-            for _ in range(MAX_ATTEMPTS):
+            for tries in range(MAX_ATTEMPTS):
                 with self.binary.pipeline(transaction=True) as pipe:
                     try:
                         result = attempt(pipe)
                         pipe.execute()
                         return result
                     except redis.WatchError:
-                        continue
+                        # Many sources saving one story at once keep conflicting if they
+                        # retry in step: each waits a random while, longer every time.
+                        time.sleep(random.uniform(0, min(0.25, 0.002 * 2**tries)))
         raise StorageError(f"{action}: the data kept changing under us; try again")
 
     # --- writes ---------------------------------------------------------------------------
@@ -316,6 +325,27 @@ class Store:
         return Retained(tuple(aged), tuple(self._cap(category, max_entries)))
 
     def _age_out(self, source: str, max_age: float, keep: int, now: datetime) -> list[str]:
+        gone = self._age_out_now(source, max_age, keep, now)
+        self._schedule_age_check(source, max_age, keep)
+        return gone
+
+    def _schedule_age_check(self, source: str, max_age: float, keep: int) -> None:
+        """Record on the source's state when its next unlisted entry comes of age
+        (`age_check`): a poll answered 304 runs retention then, and only then."""
+        listed, own = keys.source_listed(source), keys.source_entries(source)
+        with _storage_errors(f"checking retention of {source}"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrangebyscore(listed, "-inf", "(inf", withscores=True)
+            pipe.zrevrange(own, 0, keep - 1)
+            unlisted, newest = pipe.execute()
+            kept = set(newest) if keep else set()
+            due = min((score for ident, score in unlisted if ident not in kept), default=None)
+            if due is None:
+                self.client.hdel(keys.source(source), "age_check")
+            else:
+                self.client.hset(keys.source(source), "age_check", due + max_age)
+
+    def _age_out_now(self, source: str, max_age: float, keep: int, now: datetime) -> list[str]:
         listed, own = keys.source_listed(source), keys.source_entries(source)
         oldest = _ts(now) - max_age  # listed last before this: aged out
         cutoff = f"({oldest}"
@@ -771,7 +801,8 @@ def _state(name: str, data: dict[str, str], due: float | None) -> SourceState:
         gone=data.get("gone") == "1",
         body_hash=data.get("body_hash", ""),
         listing=data.get("listing", ""),
-        filters=data.get("filters", ""),
+        age_check=float(data["age_check"]) if data.get("age_check") else None,
+        filing=data.get("filing", ""),
     )
 
 
@@ -979,11 +1010,25 @@ class _SavePlan:
 _FILLED = ("title", "link", "content", "summary", "authors", "enclosures", "published")
 
 
+_TAG = re.compile(r"<[^>]*>")
+_MEDIA = re.compile(r"<(img|video|audio|iframe|object|embed|svg)\b", re.IGNORECASE)
+
+
+def _blank(name: str, value: Any) -> bool:
+    """Empty, or for HTML (content, summary) markup with no text and no media in it: the
+    `<p></p>` a source writes around an empty description."""
+    if not value:
+        return True
+    if name in ("content", "summary"):
+        return not _TAG.sub("", value).strip() and not _MEDIA.search(value)
+    return False
+
+
 def _best_of(entry: Entry, other: Entry) -> Entry:
     """`entry` with each of its empty fields taken from `other` where that has it."""
     filled = {
         name: getattr(other, name)
         for name in _FILLED
-        if not getattr(entry, name) and getattr(other, name)
+        if _blank(name, getattr(entry, name)) and not _blank(name, getattr(other, name))
     }
     return dataclasses.replace(entry, **filled) if filled else entry

@@ -35,16 +35,17 @@ def render(
         for i, lines in enumerate(row):
             sizes[i] = max(sizes[i], *(width(line) for line in lines))
 
-    def line(cells: Sequence[str]) -> str:
+    def line(cells: Sequence[str], bar: str = "│") -> str:
         padded = (_pad(c, sizes[i], i in right) for i, c in enumerate(cells))
-        return "│ " + " │ ".join(padded) + " │"
+        return f"{bar} " + f" {bar} ".join(padded) + f" {bar}"
 
-    def rule(left: str, middle: str, end: str) -> str:
-        return left + middle.join("─" * (s + 2) for s in sizes) + end
+    def rule(left: str, middle: str, end: str, dash: str = "─") -> str:
+        return left + middle.join(dash * (s + 2) for s in sizes) + end
 
-    out = [title.center(sum(sizes) + 3 * len(sizes) + 1).rstrip(), rule("┌", "┬", "┐")]
-    out.append(line(headers))
-    out.append(rule("├", "┼", "┤"))
+    # rich's "heavy head" box, as these tables were drawn before.
+    out = [title.center(sum(sizes) + 3 * len(sizes) + 1).rstrip(), rule("┏", "┳", "┓", "━")]
+    out.append(line(headers, "┃"))
+    out.append(rule("┡", "╇", "┩", "━"))
     for row in split:
         height = max(len(lines) for lines in row)
         for k in range(height):

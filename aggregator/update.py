@@ -158,7 +158,7 @@ class Changed:
     interval: float  # the source's configured interval, in seconds
     retention: tuple[int, float, int]  # max entries, max age (seconds), keep per source
     listed_at: float | None = None  # when the previous document was last confirmed
-    refilter: bool = False  # the filters changed: take back what they refuse now
+    refilter: bool = False  # the filing changed: take back what the filters refuse now
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +202,7 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
             "id_mode": processed.id_mode,
             "future_dated": processed.future_dated,
             "listing": LISTING,
-            "filters": source.filters_key,
+            "filing": source.filing_key,
         }
         if processed.guid_problem:
             state["id_note"] = f"ids from links: {processed.guid_problem}"
@@ -300,10 +300,11 @@ class Updater:
         def outcome(ok: bool, status: int, **values: Any) -> Outcome:
             return Outcome(source.name, ok, status, seconds=time.perf_counter() - started, **values)
 
-        # A document read under an earlier version, or under other filters, is read whole
-        # again: what it lists must be recorded, what the filters refuse taken back.
-        filters = source.filters_key
-        whole = previous.listing != LISTING or previous.filters != filters
+        # A document read under an earlier version, or under another filing (filters, tags,
+        # category, title), is read whole again: what it lists must be recorded, its entries
+        # filed anew, what the filters refuse taken back.
+        filing = source.filing_key
+        whole = previous.listing != LISTING or previous.filing != filing
         try:
             fetched = await self.fetcher.fetch(url, NO_VALIDATORS if whole else previous.validators)
             # The server's new validators are kept only once this answer has been read whole:
@@ -333,6 +334,10 @@ class Updater:
                 state["status"] = 304 if isinstance(fetched, NotModified) else fetched.status
                 due = schedule.next_due(now, schedule.polite_interval(interval, fetched.max_age))
                 await self._give_back(slot, (source.name, state, due))
+                if previous.age_check is not None and now.timestamp() >= previous.age_check:
+                    # An entry it stopped listing has come of age: the document did not
+                    # change, but retention has work (a 304 lists only what it listed).
+                    await asyncio.to_thread(self._retain, source, now)
                 return outcome(
                     True, int(state["status"]), entries=previous.entries, not_modified=True
                 )
@@ -354,7 +359,7 @@ class Updater:
                 interval,
                 (retention.max_entries, retention.max_age, retention.keep_per_source),
                 listed_at=previous.last_success.timestamp() if previous.last_success else None,
-                refilter=previous.filters != filters,
+                refilter=previous.filing != filing,
             )
             stored = await self._store_changed(changed)
         except SourceError as err:
@@ -370,6 +375,17 @@ class Updater:
             merged=stored.merged,
             filtered=stored.filtered,
             cut=stored.cut,
+        )
+
+    def _retain(self, source: Source, now: datetime) -> None:
+        retention = self.config.settings.retention
+        self.store.enforce_retention(
+            source.category_name,
+            retention.max_entries,
+            retention.max_age,
+            now,
+            source=source.name,
+            keep_per_source=retention.keep_per_source,
         )
 
     async def _failed(

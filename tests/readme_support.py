@@ -38,9 +38,14 @@ _LOGS: dict[int, Path] = {}  # pid → the log file of a process `Site` started
 # --- fixture feeds -------------------------------------------------------------------------
 
 
+# "Now" for the fixtures' recent dates, fixed for the whole run: a feed served twice is the
+# same feed, not one whose dates moved by the seconds between.
+STARTED = datetime.now(UTC).replace(microsecond=0)
+
+
 def hours_ago(hours: float, tz: timezone = UTC) -> datetime:
     """A date in the last hours, whole seconds (feeds carry no fractions)."""
-    return (datetime.now(UTC) - timedelta(hours=hours)).replace(microsecond=0).astimezone(tz)
+    return (STARTED - timedelta(hours=hours)).astimezone(tz)
 
 
 def _template(name: str) -> Template:

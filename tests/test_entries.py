@@ -482,3 +482,42 @@ def test_json_feed_with_lone_surrogates_is_stored_not_failed() -> None:
     (entry,) = processed.entries
     assert (entry.title, entry.content) == ("ab", "<p>c</p>")
     entry.to_json().encode("utf-8")  # storable as UTF-8
+
+
+def test_many_sources_polled_at_once_with_one_story_all_succeed(
+    write_config: ConfigWriter, feed_server: FeedServer, store: Store
+) -> None:
+    # Each save of the story conflicts with the others (WATCH): retried apart, none gives up.
+    names = [f"m{i}" for i in range(100)]
+    for name in names:
+        feed_server.put(f"{name}.xml", rss([(f"{name}-g", "https://one.example/s", "s", DATES[0])]))
+    config = write_config.write(
+        [{"name": n, "url": feed_server.url(f"{n}.xml")} for n in names],
+        settings={"per_host": {"concurrency": 100, "per_minute": 6000}},
+    )
+    outcomes = poll(config, store, *names)
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
+    assert (sum(o.new for o in outcomes), sum(o.merged for o in outcomes)) == (1, 99)
+    (story,) = store.entries("all")
+    assert sorted(story.sources) == sorted(names)
+
+
+def test_an_unlisted_entry_ages_out_while_its_source_answers_304(
+    store: Store, write_config: ConfigWriter, feed_server: FeedServer
+) -> None:
+    both = [("old", "https://a.example/old", "old", OLD), ("new", "https://a.example/n", "n", OLD)]
+    feed_server.put("q.xml", rss(both))
+    config = write_config.write(
+        [{"name": "q", "url": feed_server.url("q.xml")}],
+        settings={"retention": {"max_age": "90d", "keep_per_source": 0}},
+    )
+    day = timedelta(days=1)
+    poll_now(config, store, ["q"], NOW)
+    feed_server.put("q.xml", rss(both[1:]))
+    poll_now(config, store, ["q"], NOW + day)  # "old" last listed on day 0
+    (kept,) = poll_now(config, store, ["q"], NOW + 89 * day)
+    assert kept.not_modified and store.count("all") == 2
+    (aged,) = poll_now(config, store, ["q"], NOW + 91 * day)
+    assert aged.not_modified
+    assert [e.title for e in store.entries("all")] == ["n"]
+    assert store.source_states(["q"])[0].age_check is None  # nothing left to come of age

@@ -117,5 +117,5 @@ def test_redis_failing_in_the_parse_pool_is_a_storage_error(
             asyncio.run(poll())
     finally:
         store.close()
-    assert "Redis" in str(info.value) and "rss" in str(info.value)
+    assert "Redis" in str(info.value) and dead in str(info.value)  # what failed, and where
     assert not isinstance(info.value, SourceError)

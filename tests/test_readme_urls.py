@@ -175,7 +175,11 @@ def test_row_url_html_pages(site: Site) -> None:
                 if not path.endswith((".atom", ".rss", ".json", ".opml", ".css")):
                     pages.append(path)
     for name in AWKWARD_TAGS:
-        assert f"/tags/{quote(name, safe='')}" in seen, (name, sorted(seen))
+        # Printed with the name's dots as %2E (a name ending in ".atom" stays a name) ...
+        assert f"/tags/{quote(name, safe='').replace('.', '%2E')}" in seen, (name, sorted(seen))
+        # ... and typed as a person would, dots and all, it answers too.
+        for tail in ("", ".atom", ".rss", ".json"):
+            assert web.get(f"/tags/{quote(name, safe='')}{tail}").status == 200, (name, tail)
     entries = [p for p in seen if p.startswith("/entries/")]
     assert len(entries) >= 6, sorted(seen)
     listing = web.ok("/tags/" + quote(JINGJI_TAG, safe="")).text
