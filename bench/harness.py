@@ -596,14 +596,17 @@ def product_commit() -> str:
         done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
         return done.stdout.strip()
 
-    dirty = git("status", "--porcelain", "--", "aggregator", "pyproject.toml")
-    return git("rev-parse", "--short", "HEAD") + (" (+ uncommitted changes)" if dirty else "")
+    """The last commit that changed the product (bench/ commits after it change nothing
+    measured), and whether the work tree differs from it."""
+    product = ("--", "aggregator", "pyproject.toml")
+    dirty = git("status", "--porcelain", *product)
+    return git("log", "-1", "--format=%h", *product) + (" + uncommitted changes" if dirty else "")
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     label: str
-    value: Callable[[Callable[[str], float]], float]  # from a statistic of each measurement
+    value: Callable[[Report], float]  # from the medians of the report's measurements
     bound: float
     at_least: bool
     unit: str = "×"
@@ -658,7 +661,7 @@ class Report:
             lines += ["", "| target | measured | want | result |", "| --- | ---: | --- | --- |"]
             for t in targets:
                 try:
-                    value = t.value(self.median)
+                    value = t.value(self)
                 except (KeyError, ZeroDivisionError):
                     lines.append(f"| {t.label} | - | | not measured |")
                     continue

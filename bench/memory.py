@@ -79,7 +79,7 @@ def main() -> int:
     report.add("entry JSON per entry", Sample(json_bytes / count, 0))
     target = Target(
         "Redis / JSON",
-        lambda m: m("Redis used_memory growth per entry") / m("entry JSON per entry"),
+        lambda r: r.median("Redis used_memory growth per entry") / r.median("entry JSON per entry"),
         0.8,
         False,
     )

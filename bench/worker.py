@@ -62,17 +62,15 @@ def main() -> int:
                 polls = warm - warm0
                 if other != other0 or polls < n:
                     raise SystemExit(f"window {r + 1}: {polls} 304s, {other - other0} others")
-                per_round = cpu / (polls / n)
-                report.add("CPU s per warm round", Sample(per_round, per_round))
+                rounds = polls / n
+                report.add("warm round", Sample(window / rounds, cpu / rounds))
                 log(f"  window {r + 1}: {polls} polls, {cpu:.2f} CPU s in {window:g} s")
                 report.repeat_done()
-            text = report.render(
-                [Target("warm round", lambda m: m("CPU s per warm round"), 0.2, False, " CPU s")],
-                columns=("CPU s", "runs", "CPU s"),
-            )
+            goal = Target("warm round", lambda r: r.cpu("warm round"), 0.2, False, " CPU s")
+            text = report.render([goal], ("s per round", "runs s", "CPU s per round"))
             text += (
-                "\n\nBoth columns are CPU seconds of the worker and its children per round of "
-                f"{n} polls (304), idle ticks between polls included."
+                f"\n\nA round: {n} polls, every one a 304. CPU: the worker and its children over "
+                "the window (idle ticks between polls included), divided by the rounds in it."
             )
             if args.profile:
                 target = ["--pid", str(worker.pid), "--duration", str(int(window))]
