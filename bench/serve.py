@@ -16,12 +16,15 @@ process's memo nor the rendering cached in Redis answers) and, beside them, cach
 from __future__ import annotations
 
 import argparse
+import cProfile
 import http.client
 import json
+import pstats
 import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from harness import (
@@ -34,6 +37,7 @@ from harness import (
     bench,
     free_port,
     log,
+    py_spy,
     server,
     timed_command,
     tree_cpu,
@@ -72,8 +76,9 @@ def wrk(port: int, seconds: int) -> tuple[float, int]:
     return rps, int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
 
 
-def in_process(b: Bench, runs: int, report: Report) -> None:
-    """Requests through Flask's test client: on a miss, then cached."""
+def in_process(b: Bench, runs: int, report: Report, profile: bool) -> str:
+    """Requests through Flask's test client: on a miss, then cached; with `profile`, a
+    cProfile of more misses."""
     from prometheus_client import REGISTRY
 
     from aggregator import config, keys, web
@@ -102,6 +107,21 @@ def in_process(b: Bench, runs: int, report: Report) -> None:
         request(miss)  # the first of each: imports, templates, connections
         for _ in range(runs):
             report.add(f"{'miss' if miss else 'cached'}, in process", request(miss))
+    if not profile:
+        return ""
+    profiler = cProfile.Profile()
+    profiler.runcall(lambda: [request(True) for _ in range(runs)])
+    stats = pstats.Stats(profiler)
+    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:20]  # type: ignore[attr-defined]
+    lines = [f"cProfile of {runs} misses, own time per miss:", ""]
+    lines += ["| own ms | inclusive ms | calls | function |", "| ---: | ---: | ---: | --- |"]
+    for (filename, line, name), (_, calls, own, inclusive, _) in rows:
+        where = f"{'/'.join(Path(filename).parts[-2:])}:{line}({name})"
+        lines.append(
+            f"| {own / runs * 1000:.3f} | {inclusive / runs * 1000:.3f} | {calls // runs} "
+            f"| `{where}` |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -109,6 +129,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--misses", type=int, default=200, help="requests timed in process")
+    parser.add_argument("--profile", action="store_true", help="py-spy and cProfile too")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
     load = Report("Serving a cached merged feed of 100 entries: gunicorn + wrk")
@@ -143,7 +164,18 @@ def main() -> int:
                         rps, requests = wrk(port, args.duration)
                         load.add(key, Sample(rps, (tree_cpu(pid) - cpu) / requests * 1e6))
                     load.repeat_done()
-        in_process(b, args.misses, inproc)
+                spied = ""
+                if args.profile:
+                    for key, (port, pid) in servers.items():
+                        log(f"profiling {key} under wrk")
+                        target = ["--pid", str(pid), "--duration", str(args.duration), "--gil"]
+                        with ThreadPoolExecutor(1) as spy:
+                            job = spy.submit(py_spy, target, env, b.workdir / f"spy-{port}")
+                            time.sleep(2)  # py-spy attaches
+                            wrk(port, args.duration)
+                            spied += f"\n\n### py-spy --gil: {key}, gunicorn under wrk\n\n"
+                            spied += job.result()
+        spied += "\n\n" + in_process(b, args.misses, inproc, args.profile)
         inproc.repeat_done()
     ratio = Target(
         "cached / bare", lambda r: r.median("ours, cached") / r.median("bare Flask"), 0.95, True
@@ -151,7 +183,7 @@ def main() -> int:
     load.notes.append(f"{len(body):,} bytes per answer; headers {headers}.")
     miss = Target("render on a miss", lambda r: r.median("miss, in process"), 1.5, False, " ms")
     text = load.render([ratio], columns=("req/s", "runs req/s", "server CPU µs/req"))
-    text += "\n\n" + inproc.render([miss], columns=("ms", "runs ms", "CPU ms"))
+    text += "\n\n" + inproc.render([miss], columns=("ms", "runs ms", "CPU ms")) + spied
     load.save("serve", text)
     return 0
 
