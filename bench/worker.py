@@ -8,7 +8,7 @@ it settle: the cold round, then one whole warm round. Then, `--repeat` times, a 
 lasts until nginx has answered `--rounds` × `--feeds` more polls (its access log; every one
 must be a 304): the CPU seconds of the worker and its child processes over the window (/proc,
 through psutil), per round of `--feeds` polls, idle ticks included. `--profile` runs py-spy
-over the worker and its children for `--rounds` intervals more.
+(`--gil`) over the worker and its children for `--rounds` intervals more.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def main() -> int:
             )
             if args.profile:
                 seconds = str(int(args.rounds * args.interval))
-                target = ["--pid", str(worker.pid), "--duration", seconds]
+                # --gil: the thread holding the GIL only, i.e. Python's CPU, idle left out
+                target = ["--pid", str(worker.pid), "--duration", seconds, "--gil"]
                 path = b.workdir / "profile-worker"
                 text += "\n\n### py-spy: the worker, one window\n\n" + py_spy(target, env, path)
         finally:
