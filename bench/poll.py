@@ -7,8 +7,10 @@ Each repeat runs, in turn: our cold poll (Redis flushed: every entry new), reade
 database), feedparser alone, our warm poll (every feed answers 304), reader warm, then
 `--small` runs each of `aggregator poll NAME` (one source, 304), `aggregator status`,
 `aggregator --help`, and two floors: `python -c pass` and `python -c "import aggregator.cli"`.
-Every figure is a median over the repeats; the CPU column counts the command and every process
-it waited for (its pollers and parse pools), not redis-server or nginx. `--profile` adds py-spy
+After the repeats, in this process: reading the feeds.yaml and printing a table of every
+source, which every such command pays beside its work. Every figure is a median over the
+repeats; the CPU column counts the command and every process it started (its pollers and parse
+pools), not redis-server or nginx. `--profile` adds py-spy
 over one more run of each of our commands, and `python -X importtime` of the CLI.
 """
 
@@ -19,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import BIN, ENTRIES, Report, Target, bench, log, py_spy, timed_command
+from harness import BIN, ENTRIES, Report, Sample, Target, bench, log, py_spy, timed_command
 
 PEERS = str(Path(__file__).with_name("peers.py"))
 
@@ -109,7 +111,7 @@ def main() -> int:
             "Pool of 2 (it finds no entries in JSON Feed). Ours: the farm's feeds.yaml and the "
             "private redis-server in AGGREGATOR_CONFIG and AGGREGATOR_REDIS_URL."
         )
-        text = report.render(targets)
+        text = report.render(targets) + "\n\n" + explain(b.config_path, n, args.repeat)
         if args.profile:
             b.flush()
             timed_command([agg, "poll"], env, out)
@@ -125,6 +127,48 @@ def main() -> int:
             text += import_times(py, env, b.workdir / "importtime.txt")
     report.save(f"poll-{n}", text)
     return 0
+
+
+def explain(config_path: Path, n: int, repeat: int) -> str:
+    """In process, what a command pays before and after polling: reading the feeds.yaml of
+    `n` sources (PyYAML's pure-Python loader, which config.load uses, beside libyaml's), and
+    printing a rich table of `n` rows shaped like the poll summary to a file at width 200."""
+    import io
+    import time
+
+    import yaml
+    from rich.console import Console
+    from rich.table import Table
+
+    from aggregator import config
+
+    text = config_path.read_text("utf-8")
+    columns = ("source", "status", "entries", "new", "updated", "merged", "filtered", "cut")
+
+    def table() -> None:
+        t = Table(title=f"Polled {n} sources")
+        for column in (*columns, "time"):
+            t.add_column(column)
+        for i in range(n):
+            t.add_row(f"f{i:05d}", "not modified", "20", "0", "0", "0", "0", "0", "0.05s")
+        Console(file=io.StringIO(), soft_wrap=True, width=200).print(t)
+
+    cases = {
+        "config.load(feeds.yaml)": lambda: config.load(config_path),
+        "of which yaml.safe_load (PyYAML, pure Python)": lambda: yaml.safe_load(text),
+        "beside it: yaml.load with CSafeLoader (libyaml)": lambda: yaml.load(
+            text, Loader=yaml.CSafeLoader
+        ),
+        f"rich Table of {n} rows, printed": table,
+    }
+    inproc = Report(f"In process: reading feeds.yaml and printing a table, {n} sources")
+    inproc.verbose = False
+    for _ in range(repeat):
+        for key, fn in cases.items():
+            started, cpu = time.perf_counter(), time.process_time()
+            fn()
+            inproc.add(key, Sample(time.perf_counter() - started, time.process_time() - cpu))
+    return inproc.render([])
 
 
 def import_times(py: str, env: dict[str, str], out: Path) -> str:
