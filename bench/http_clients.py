@@ -16,19 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import multiprocessing
-import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from datetime import timedelta
 from typing import Any
 
-from poll import Farm, build_farm, farm_specs, nginx, raise_nofile
-from procs import free_port
+from harness import Report, Sample, bench
 
 from aggregator.config import Settings
 from aggregator.fetch import Fetcher
@@ -36,7 +30,7 @@ from aggregator.models import NotModified, Validators
 from aggregator.update import MAX_POLLS
 
 Pair = tuple[str, Validators]
-Run = Callable[[Sequence[Pair]], Awaitable[list[int]]]
+Run = Callable[[Sequence[Pair]], Coroutine[Any, Any, list[int]]]
 
 
 async def _bounded(pairs: Sequence[Pair], one: Callable[[Pair], Awaitable[int]]) -> list[int]:
@@ -74,7 +68,7 @@ async def pyreqwest(pairs: Sequence[Pair]) -> list[int]:
             async with request as response:
                 while await response.body_reader.read_chunk() is not None:
                     pass
-                return response.status
+                return int(response.status)
 
         return await _bounded(pairs, one)
 
@@ -88,7 +82,7 @@ async def aiohttp(pairs: Sequence[Pair]) -> list[int]:
         async def one(pair: Pair) -> int:
             async with session.get(pair[0], headers=_headers(pair[1])) as response:
                 await response.read()
-                return response.status
+                return int(response.status)
 
         return await _bounded(pairs, one)
 
@@ -101,7 +95,7 @@ async def httpx(pairs: Sequence[Pair]) -> list[int]:
 
         async def one(pair: Pair) -> int:
             response = await client.get(pair[0], headers=_headers(pair[1]))
-            return response.status_code
+            return int(response.status_code)
 
         return await _bounded(pairs, one)
 
@@ -128,34 +122,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--feeds", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args(argv)
-    raise_nofile()
     clients = {k: run for k, (module, run) in CLIENTS.items() if importlib.util.find_spec(module)}
-    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
-    with ExitStack() as stack:
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="clients-")))
-        port = free_port()
-        base = f"http://127.0.0.1:{port}/"
-        farm = Farm(workdir / "farm", base, datetime.now(UTC) - timedelta(days=8))
-        specs = farm_specs(args.feeds)
-        with multiprocessing.get_context("forkserver").Pool(2) as helper:
-            build_farm(helper, farm, specs)
-        stack.enter_context(nginx(farm.root, workdir, port, 2, 4096))
-        pairs = validators_of([base + s.path for s in specs])
+    report = Report(f"{args.feeds} conditional GETs (all 304), one client at a time")
+    with bench(args.feeds) as b:
+        pairs = validators_of([b.farm.url(f) for f in b.farm.feeds])
         for _ in range(args.repeat):
             for name, run in clients.items():
                 started, cpu = time.perf_counter(), time.process_time()
                 statuses: Any = asyncio.run(run(pairs))
-                runs[name].append((time.perf_counter() - started, time.process_time() - cpu))
+                report.add(name, Sample(time.perf_counter() - started, time.process_time() - cpu))
                 if set(statuses) != {304}:
                     raise SystemExit(f"{name}: statuses {sorted(set(statuses))}, want only 304")
-    print(f"\n{args.feeds} conditional GETs (all 304), medians of {args.repeat}\n")
-    print("| client | wall s | CPU s | requests/s | wall runs s |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    for name, values in runs.items():
-        wall = statistics.median(w for w, _ in values)
-        cpu = statistics.median(c for _, c in values)
-        each = ", ".join(f"{w:.2f}" for w, _ in values)
-        print(f"| {name} | {wall:.3f} | {cpu:.3f} | {args.feeds / wall:,.0f} | {each} |")
+            report.repeat_done()
+    report.notes.append("CPU: every thread of the measuring process.")
+    report.save(f"http-clients-{args.feeds}", report.render([]))
     return 0
 
 
