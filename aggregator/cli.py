@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aggregator import __version__, export, keys, opml
+from aggregator import __version__, export, keys, opml, push
 from aggregator import config as config_module
 from aggregator.config import Config
 from aggregator.errors import AggregatorError, ConfigError, StorageError
@@ -184,6 +184,7 @@ def status() -> None:
     config = _config()
     with _store(config) as store:
         states = store.source_states([s.name for s in config.sources])
+        pushes = push.status_notes(config, store)
     table = Table(title="Sources (times in UTC)")
     for column in ("source", "enabled", "last poll", "status", "entries", "stored", "next due"):
         table.add_column(column, no_wrap=True)
@@ -198,6 +199,7 @@ def status() -> None:
             notes.append(state.last_error)
         if state.id_mode != "guid":
             notes.append("entries identified by link: its guids are unusable")
+        notes += [pushes[source.name]] if source.name in pushes else []
         if not source.enabled:
             due = "-"
         elif state.gone:

@@ -142,14 +142,6 @@ def _not_built(reason: str) -> Any:
     return BeforeValidator(refuse)
 
 
-def _not_built_yet(value: bool) -> bool:
-    if value:
-        raise ValueError(
-            "not supported yet: this version does not subscribe to hubs; set it to false"
-        )
-    return value
-
-
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
@@ -211,7 +203,9 @@ class Source(_Frozen):
     include: tuple[Pattern, ...] = ()
     exclude: tuple[Pattern, ...] = ()
     enabled: bool = True
-    websub: Annotated[bool, AfterValidator(_not_built_yet)] = False
+    # Subscribe when the source advertises a WebSub hub (aggregator/push.py); polled as a
+    # safety net meanwhile.
+    websub: bool = False
 
     @property
     def category_name(self) -> str:
