@@ -7,6 +7,12 @@ the distributions the web process took (§7) through the path a poll's documents
 subscription is live the source is polled as a safety net only, at a long interval; a poll
 that finds entries push never delivered marks it broken, back to the normal interval.
 
+As a publisher, with `settings.websub_hub`: every tick, the versions of every tag, category and
+`all` are compared with those last pinged (atomically: of many workers, one takes each change);
+each changed feed's URLs, one per format, are pinged (`hub.mode=publish`, `hub.url`) once per
+change after a short window that gathers the changes of one poll, retried with backoff while
+the hub fails.
+
 The decisions are aggregator/websub.py's; this module makes the requests and keeps the records.
 """
 
@@ -21,8 +27,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from aggregator import keys, websub
 from aggregator import store as store_module
-from aggregator import websub
 from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import AggregatorError, FetchError, SourceError
@@ -41,6 +47,7 @@ DELIVERIES = 32  # distributions saved per tick
 PINGS = 64  # pings sent per tick
 PING_TRIES = 8  # a ping the hub keeps refusing is dropped after this many
 PING_LEASE = 120.0
+PING_WINDOW = 2.0  # seconds a change waits for the others of its poll before the ping
 
 
 class Push:
@@ -65,7 +72,7 @@ class Push:
     async def tick(self) -> None:
         """Save the distributions waiting, take the subscriptions' next steps. Failures are
         logged, never raised: the next tick tries again."""
-        for step in (self.deliver, self.manage):
+        for step in (self.deliver, self.manage, self.publish):
             try:
                 await step()
             except AggregatorError as err:
@@ -141,6 +148,54 @@ class Push:
         if executor is not None:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
         return await asyncio.to_thread(fn, *args)
+
+    # --- publishing ------------------------------------------------------------------------
+
+    async def publish(self) -> int:
+        """Queue a ping for each feed whose index changed since it was last pinged, and send
+        the pings that are due. Returns how many reached the hub."""
+        hub = self.config.settings.websub_hub
+        public_url = self.config.settings.public_url
+        if not hub or not public_url:
+            return 0
+        indexes: list[tuple[keys.Kind, str]] = [("all", "")]
+        indexes += [("tag", t) for t in self.config.tag_names()]
+        indexes += [("category", c) for c in self.config.category_names()]
+        index_keys = {keys.index(kind, name): (kind, name) for kind, name in indexes}
+        versions = await asyncio.to_thread(
+            store_module.index_versions, self.store, list(index_keys)
+        )
+        current = {k: v for k, v in zip(index_keys, versions, strict=True) if v > 0}
+        changed = await asyncio.to_thread(store_module.claim_changes, self.store, current)
+        now = self.clock()
+        urls = [u for key in changed for u in websub.feed_urls(public_url, *index_keys[key])]
+        if urls:
+            when = now + timedelta(seconds=PING_WINDOW)
+            await asyncio.to_thread(store_module.queue_pings, self.store, urls, when)
+        lease = now + timedelta(seconds=PING_LEASE)
+        due = await asyncio.to_thread(store_module.claim_pings, self.store, now, lease, PINGS)
+        sent = await asyncio.gather(*(self._ping(hub, url, lease) for url in due))
+        return sum(sent)
+
+    async def _ping(self, hub: str, url: str, lease: datetime) -> bool:
+        form = {"hub.mode": "publish", "hub.url": url}
+        try:
+            status = await self.fetcher.post_form(hub, form)
+            reason = "" if 200 <= status < 300 else f"{hub} answered HTTP {status}"
+        except FetchError as err:
+            reason = str(err)
+        if not reason:
+            await asyncio.to_thread(store_module.ping_done, self.store, url, lease, None)
+            return True
+        failures = await asyncio.to_thread(store_module.ping_failures, self.store, url) + 1
+        if failures >= PING_TRIES:
+            log.error("websub: gave up pinging %s for %s: %s", hub, url, reason)
+            retry = None
+        else:
+            log.warning("websub: ping of %s for %s failed: %s", hub, url, reason)
+            retry = self.clock() + timedelta(seconds=websub.retry_delay(failures))
+        await asyncio.to_thread(store_module.ping_done, self.store, url, lease, retry)
+        return False
 
     # --- subscriptions ----------------------------------------------------------------------
 

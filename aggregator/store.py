@@ -1144,11 +1144,12 @@ def claim_changes(store: Store, versions: Mapping[str, int]) -> list[str]:
 
 
 def queue_pings(store: Store, feed_urls: Sequence[str], when: datetime) -> None:
-    """Ping the hub for each URL from `when`; one already waiting is not queued twice."""
+    """Ping the hub for each URL at `when`: a URL already waiting keeps its earlier time (the
+    changes of one window make one ping); one being sent now is sent again after."""
     if not feed_urls:
         return
     with _storage_errors("queueing WebSub pings"):
-        store.client.zadd(keys.WEBSUB_PINGS, dict.fromkeys(feed_urls, _ts(when)), nx=True)
+        store.client.zadd(keys.WEBSUB_PINGS, dict.fromkeys(feed_urls, _ts(when)), lt=True)
 
 
 def claim_pings(store: Store, now: datetime, lease_until: datetime, limit: int) -> list[str]:
@@ -1160,26 +1161,42 @@ def claim_pings(store: Store, now: datetime, lease_until: datetime, limit: int) 
     return [str(u) for u in found]
 
 
-def ping_sent(store: Store, feed_url: str) -> None:
-    with _storage_errors("recording a WebSub ping"):
-        pipe = store.client.pipeline(transaction=True)
-        pipe.zrem(keys.WEBSUB_PINGS, feed_url)
-        pipe.hdel(keys.WEBSUB_PING_TRIES, feed_url)
-        pipe.execute()
+# A claimed ping's outcome, unless the URL was queued again meanwhile (its score is no longer
+# the claim's lease): then it stays queued, for the change that came after. ARGV: URL, the
+# lease it was claimed with, and the retry time ("" when sent or given up).
+_PING_DONE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+"""
 
 
-def ping_failed(store: Store, feed_url: str, retry_at: datetime | None) -> int:
-    """Record a failed ping: tried again at `retry_at`, or dropped when None. Returns the
-    failures in a row."""
+def ping_done(store: Store, feed_url: str, lease_until: datetime, retry_at: datetime | None) -> int:
+    """Record a claimed ping: sent (or given up) with `retry_at` None, else failed and tried
+    again at `retry_at`. Returns the failures in a row (0 when sent)."""
+    retry = "" if retry_at is None else str(_ts(retry_at))
     with _storage_errors("recording a WebSub ping"):
-        pipe = store.client.pipeline(transaction=True)
-        pipe.hincrby(keys.WEBSUB_PING_TRIES, feed_url, 1)
-        if retry_at is None:
-            pipe.zrem(keys.WEBSUB_PINGS, feed_url)
-            pipe.hdel(keys.WEBSUB_PING_TRIES, feed_url)
-        else:
-            pipe.zadd(keys.WEBSUB_PINGS, {feed_url: _ts(retry_at)})
-        return int(pipe.execute()[0])
+        found = store.client.eval(
+            _PING_DONE,
+            2,
+            keys.WEBSUB_PINGS,
+            keys.WEBSUB_PING_TRIES,
+            feed_url,
+            repr(float(lease_until.timestamp())),
+            retry,
+        )
+    return int(found or 0)
+
+
+def ping_failures(store: Store, feed_url: str) -> int:
+    with _storage_errors("reading WebSub pings"):
+        return int(store.client.hget(keys.WEBSUB_PING_TRIES, feed_url) or 0)
 
 
 def pending_pings(store: Store) -> list[str]:

@@ -495,6 +495,11 @@ def _memo(
     }
     if cached.last_modified:
         headers["Last-Modified"] = cached.last_modified
+    hub = services().config.settings.websub_hub
+    if hub:
+        # WebSub §4: the hub and the topic in Link headers, which subscribers read first.
+        self_url = _info(kind, name, page, limit=limit).url(fmt, page)
+        headers["Link"] = f'<{hub}>; rel="hub", <{self_url}>; rel="self"'
     modified = parse_date(cached.last_modified) if cached.last_modified else None
     return Memo(cached.version, cached.body, headers, now, cached.etag, modified)
 

@@ -43,6 +43,7 @@ class Hub:
     status: int = 202  # the answer to a (un)subscription request
     deny: set[str] = field(default_factory=set)  # topics denied (§5.2)
     verify_renewals: bool = True  # False: a request for a callback it has is never verified
+    failing_pings: int = 0  # publish pings answered 503 before the hub takes them again
     requests: list[dict[str, str]] = field(default_factory=list)
     verifications: list[Verification] = field(default_factory=list)
     pings: list[str] = field(default_factory=list)
@@ -84,6 +85,9 @@ class Hub:
             self.requests.append(form)
         if mode == "publish":
             with self._lock:
+                if self.failing_pings > 0:
+                    self.failing_pings -= 1
+                    return 503
                 self.pings.append(form.get("hub.url", ""))
             return 204
         if mode not in ("subscribe", "unsubscribe") or self.status != 202:
