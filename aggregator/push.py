@@ -207,11 +207,11 @@ class Push:
         known = await asyncio.to_thread(store_module.subscribed_names, self.store)
         names = sorted(set(wanted) | set(known))
         records = await asyncio.to_thread(store_module.subscriptions, self.store, names)
-        reachable = self.config.settings.public_url is not None
+        public_url = self.config.settings.public_url
         steps = []
         for name, raw in zip(names, records, strict=True):
             sub = Subscription.from_fields(raw)
-            action = websub.plan(sub, name in wanted, reachable, now)
+            action = websub.plan(sub, name in wanted, public_url, now)
             if action != "none":
                 steps.append(self._step(name, wanted.get(name), sub, action))
         await asyncio.gather(*steps)
@@ -237,7 +237,8 @@ class Push:
                 # Push brings what is published from now on; one poll brings what came
                 # before. Only from the poll after it does a new entry mean push failed.
                 await self._move_due(name, self.clock(), later=False)
-                await self._change(name, _if_same(sub, lambda s: replace(s, catchup=True)))
+                asked = self.clock().timestamp()
+                await self._change(name, _if_same(sub, lambda s: replace(s, catchup_at=asked)))
             elif action == "fall_back" and sub is not None:
                 interval = self.config.interval(source) if source is not None else 0.0
                 when = self.clock() + timedelta(seconds=interval)
@@ -275,7 +276,8 @@ class Push:
                 source.name, _if_same(sub, lambda _: websub.without_hub(reason, now, stretched))
             )
             return
-        record = websub.requested(sub, found.hub, found.topic, now)
+        public_url = self.config.settings.public_url or ""
+        record = websub.requested(sub, found.hub, found.topic, public_url, source.name, now)
         # Saved before asking: a hub may verify before it answers (§5.1.2).
         if await self._change(source.name, _if_same(sub, lambda _: record)) is None:
             return
@@ -297,12 +299,7 @@ class Push:
     async def _ask(self, name: str, record: Subscription, mode: str) -> None:
         """Send a (un)subscription request (§5.1); on failure, record why (unless the hub
         has verified meanwhile)."""
-        public_url = self.config.settings.public_url or ""
-        form = {
-            "hub.mode": mode,
-            "hub.topic": record.topic,
-            "hub.callback": websub.callback_url(public_url, name, record.token),
-        }
+        form = {"hub.mode": mode, "hub.topic": record.topic, "hub.callback": record.callback}
         if mode == "subscribe":
             form["hub.lease_seconds"] = str(websub.LEASE_REQUESTED)
             form["hub.secret"] = record.secret
@@ -328,17 +325,19 @@ class Push:
         )
 
     async def after_poll(self, source: Source, outcome: Outcome) -> None:
-        """Once a source with a live subscription was polled: the first poll after it went
-        live (the catch-up) arms the safety net; later ones that find new entries mean push
-        failed (broken: its normal interval again), else the next poll is put off to the
-        safety net's interval."""
+        """Once a source with a live subscription was polled: the first poll that started
+        after it went live (the catch-up) arms the safety net; later ones that find new
+        entries mean push failed (broken: its normal interval again), else the next poll is
+        put off to the safety net's interval."""
         (raw,) = await asyncio.to_thread(store_module.subscriptions, self.store, [source.name])
         sub = Subscription.from_fields(raw)
-        if sub is None or sub.state != "live" or not sub.catchup:
+        if sub is None or sub.state != "live" or not sub.catchup_at or not outcome.ok:
             return
         now = self.clock()
+        if not sub.armed and now.timestamp() - outcome.seconds < sub.catchup_at:
+            return  # under way before the catch-up was asked for: it proves nothing
         interval = self.config.interval(source)
-        if sub.armed and outcome.ok and outcome.new > 0:
+        if sub.armed and outcome.new > 0:
             log.warning(
                 "websub %s: a safety-net poll found %d entries %s never pushed",
                 source.name,

@@ -1006,7 +1006,7 @@ for i = 1, #ARGV, 2 do
 end
 return changed
 """
-INBOX_LIMIT = 10000  # distributions waiting at most; the oldest beyond go (polling has them)
+INBOX_LIMIT = 1000  # distributions waiting at most; the oldest beyond go (polling has them)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

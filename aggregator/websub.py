@@ -57,6 +57,7 @@ class Subscription:
     hub: str = ""
     topic: str = ""
     token: str = ""  # the last segment of the callback URL: new for each subscription
+    callback: str = ""  # the callback URL the hub was given (what an unsubscription names)
     secret: str = ""  # hub.secret: distributions are signed with it (§8)
     pending: str = ""  # "subscribe" or "unsubscribe": a request not verified yet
     requested_at: float = 0.0
@@ -67,8 +68,8 @@ class Subscription:
     failures: int = 0
     reason: str = ""
     since: float = 0.0  # when it became live
-    catchup: bool = False  # a poll was asked for once it became live
-    armed: bool = False  # that poll ran: from now on a poll's new entries mean push failed
+    catchup_at: float = 0.0  # when a poll was asked for, once it became live
+    armed: bool = False  # a poll started since ran: from now on new entries mean push failed
     stretched: bool = False  # the source's next poll was put off to the safety net's interval
     delivered: float = 0.0  # the last distribution accepted
 
@@ -219,12 +220,19 @@ def _resolved(self_url: str, fetched_url: str) -> str:
 Action = Literal["none", "subscribe", "renew", "unsubscribe", "forget", "catch_up", "fall_back"]
 
 
-def plan(sub: Subscription | None, wanted: bool, reachable: bool, now: float) -> Action:
+def plan(sub: Subscription | None, wanted: bool, public_url: str | None, now: float) -> Action:
     """The next step for one source's subscription. `wanted`: the source is enabled with
-    `websub: true`; `reachable`: settings.public_url is set, so a hub can call us back."""
+    `websub: true`; `public_url`: where a hub calls us back (None: nowhere)."""
+    reachable = public_url is not None
     if sub is not None and sub.stretched and not (sub.state == "live" and wanted):
         return "fall_back"  # no push any more: the source's normal interval again
-    if not wanted or not reachable:
+    moved = (
+        reachable
+        and sub is not None
+        and sub.state in ("pending", "live")
+        and not sub.callback.startswith(f"{(public_url or '').rstrip('/')}/websub/")
+    )
+    if not wanted or not reachable or moved:
         if sub is None:
             return "none"
         if sub.state in ("pending", "live"):
@@ -237,7 +245,7 @@ def plan(sub: Subscription | None, wanted: bool, reachable: bool, now: float) ->
     if sub.state == "live":
         if now >= sub.expires:
             return "subscribe"  # never renewed in time: a new subscription, a new token
-        if not sub.catchup:
+        if not sub.catchup_at:
             return "catch_up"
         waiting = sub.pending and now - sub.requested_at < VERIFY_WAIT
         if now >= sub.renew_at and not waiting:
@@ -248,14 +256,18 @@ def plan(sub: Subscription | None, wanted: bool, reachable: bool, now: float) ->
     return "subscribe" if now >= sub.retry_at else "none"
 
 
-def requested(sub: Subscription | None, hub: str, topic: str, now: float) -> Subscription:
+def requested(
+    sub: Subscription | None, hub: str, topic: str, public_url: str, source: str, now: float
+) -> Subscription:
     """A new subscription's record, saved before the request is sent: the hub may verify
     before it answers (§5.1.2)."""
+    token = new_token()
     return Subscription(
         state="pending",
         hub=hub,
         topic=topic,
-        token=new_token(),
+        token=token,
+        callback=callback_url(public_url, source, token),
         secret=new_secret(),
         pending="subscribe",
         requested_at=now,
@@ -365,12 +377,12 @@ def verify(sub: Subscription | None, token: str, params: Mapping[str, str], now:
             failures=0,
             reason="",
             since=sub.since if sub.state == "live" else now,
-            catchup=sub.catchup if sub.state == "live" else False,
+            catchup_at=sub.catchup_at if sub.state == "live" else 0.0,
             armed=sub.armed if sub.state == "live" else False,
         )
         return Verdict(200, challenge, record)
     if mode == "unsubscribe" and sub.pending == "unsubscribe":
-        record = replace(sub, state="unsubscribed", pending="", token="", secret="")
+        record = replace(sub, state="unsubscribed", pending="", token="", secret="", callback="")
         return Verdict(200, challenge, record)
     return NOT_OURS
 

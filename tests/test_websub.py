@@ -115,7 +115,8 @@ def test_a_signature_in_any_listed_algorithm_is_checked(method: str) -> None:
 
 
 def test_verification_matches_mode_topic_and_token() -> None:
-    pending = websub.requested(None, "http://hub/", "http://topic/", 1000.0)
+    pending = websub.requested(None, "http://hub/", "http://topic/", "http://a/", "s", 1000.0)
+    assert pending.callback == f"http://a/websub/s/{pending.token}"
     assert len(pending.secret.encode()) < 200 and pending.secret != pending.token
     ask = {"hub.mode": "subscribe", "hub.topic": "http://topic/", "hub.challenge": "c"}
     assert websub.verify(pending, "wrong", ask, 1001).status == 404
@@ -127,21 +128,30 @@ def test_verification_matches_mode_topic_and_token() -> None:
     live = verdict.record
     assert live is not None and live.state == "live"
     assert (live.expires, live.renew_at) == (2001, 1801)  # renewed at 80 %
-    assert websub.plan(live, True, True, 1500) == "catch_up"
+    assert websub.plan(live, True, "http://a", 1500) == "catch_up"
 
 
 def test_renewal_is_planned_at_80_percent_and_never_after_expiry() -> None:
     live = Subscription(
-        state="live", token="t", topic="x", hub="h", catchup=True, expires=2000, renew_at=1800
+        state="live",
+        token="t",
+        topic="x",
+        hub="h",
+        callback="http://a/websub/s/t",
+        catchup_at=1,
+        expires=2000,
+        renew_at=1800,
     )
-    assert websub.plan(live, True, True, 1799) == "none"
-    assert websub.plan(live, True, True, 1800) == "renew"
+    public = "http://a/"
+    assert websub.plan(live, True, public, 1799) == "none"
+    assert websub.plan(live, True, public, 1800) == "renew"
     asked = websub.renewing(live, 1800)
-    assert websub.plan(asked, True, True, 1900) == "none"  # waiting for the verification
-    assert websub.plan(asked, True, True, 2000) == "subscribe"  # expired: a new subscription
-    assert websub.plan(live, False, True, 1000) == "unsubscribe"
-    assert websub.plan(live, True, False, 1000) == "unsubscribe"  # public_url removed
-    assert websub.plan(None, True, False, 1000) == "none"
+    assert websub.plan(asked, True, public, 1900) == "none"  # waiting for the verification
+    assert websub.plan(asked, True, public, 2000) == "subscribe"  # expired: a new one
+    assert websub.plan(live, False, public, 1000) == "unsubscribe"
+    assert websub.plan(live, True, None, 1000) == "unsubscribe"  # public_url removed
+    assert websub.plan(live, True, "http://b/", 1000) == "unsubscribe"  # … or changed
+    assert websub.plan(None, True, None, 1000) == "none"
 
 
 # --- a hub, a web process and a worker ----------------------------------------------------
@@ -270,6 +280,11 @@ def test_a_distribution_is_stored_without_a_poll_and_forgeries_store_nothing(
         assert hub.verify_now("subscribe", site.topic, unsolicited)[0] == 404
         assert hub.verify_now("unsubscribe", site.topic, subscribed.callback)[0] == 404
         assert site.record() is not None and site.record().state == "live"  # type: ignore[union-attr]
+
+        # the token is this source's only: under another source's name it is nobody's
+        elsewhere = subscribed.callback.replace("/websub/push/", "/websub/other/")
+        signed = websub.signature(subscribed.secret, forged)
+        assert post(elsewhere, forged, "application/atom+xml", signed) == 410
 
         # the hub's signed distribution (sha1, as hubs commonly sign) is stored, no poll made
         assert hub.distribute(site.topic, atom("pushed", "first")) == [202]
