@@ -334,7 +334,7 @@ def test_an_old_subscriptions_token_is_refused(push_site: PushSite) -> None:
 
 def test_the_lease_is_renewed_before_it_ends(push_site: PushSite) -> None:
     site, hub = push_site, push_site.hub
-    hub.lease = 3
+    hub.lease = 4
     with working(site.store):
         until(lambda: hub.active(site.topic))
         first = next(v for v in hub.verifications if v.confirmed)
