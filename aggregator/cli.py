@@ -237,6 +237,9 @@ def status() -> None:
     config = _config()
     with _store(config) as store:
         states = store.source_states([s.name for s in config.sources])
+        from aggregator import push
+
+        pushes = push.status_notes(config, store)
     rows = []
     for source, state in zip(config.sources, states, strict=True):
         notes = []
@@ -248,6 +251,7 @@ def status() -> None:
             notes.append(state.last_error)
         if state.id_mode != "guid":
             notes.append("entries identified by link: its guids are unusable")
+        notes += [pushes[source.name]] if source.name in pushes else []
         if not source.enabled:
             due = "-"
         elif state.gone:

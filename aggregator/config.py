@@ -143,14 +143,6 @@ def _not_built(reason: str) -> Any:
     return BeforeValidator(refuse)
 
 
-def _not_built_yet(value: bool) -> bool:
-    if value:
-        raise ValueError(
-            "not supported yet: this version does not subscribe to hubs; set it to false"
-        )
-    return value
-
-
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
@@ -189,9 +181,9 @@ class Settings(_Frozen):
     block_private_addresses: bool = False
     # Proxies whose X-Forwarded-Proto, -Host and -Port are believed (web.py).
     trusted_proxies: tuple[Network, ...] = ()
-    websub_hub: Annotated[
-        None, _not_built("this version neither advertises nor pings a hub; remove the key")
-    ] = None
+    # A WebSub hub advertised in our feeds and pinged when one changes (aggregator/push.py);
+    # it is told our feeds' URLs, so it needs public_url (`_cross_checks`).
+    websub_hub: HttpUrl | None = None
 
     @property
     def agent(self) -> str:
@@ -212,7 +204,9 @@ class Source(_Frozen):
     include: tuple[Pattern, ...] = ()
     exclude: tuple[Pattern, ...] = ()
     enabled: bool = True
-    websub: Annotated[bool, AfterValidator(_not_built_yet)] = False
+    # Subscribe when the source advertises a WebSub hub (aggregator/push.py); polled as a
+    # safety net meanwhile.
+    websub: bool = False
 
     @property
     def category_name(self) -> str:
@@ -314,6 +308,12 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
     """Checks that span several options. They read the raw mapping, so they are reported even
     when some source also has a problem of its own."""
     problems: list[str] = []
+    settings = raw.get("settings")
+    if isinstance(settings, dict) and settings.get("websub_hub") and not settings.get("public_url"):
+        problems.append(
+            "settings.websub_hub: needs settings.public_url: the hub is told our feeds' URLs, "
+            "which only public_url gives"
+        )
     sources = raw.get("sources")
     if not isinstance(sources, list):
         return problems

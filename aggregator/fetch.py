@@ -30,7 +30,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -305,7 +305,42 @@ class Fetcher:
             validators=got,
             moved_to=moved_to,
             max_age=max_age,
+            links=_links(response),
         )
+
+    async def post_form(self, url: str, form: Mapping[str, str]) -> int:
+        """POST `form`, form-encoded, to a WebSub hub (a subscription request, WebSub §5.1;
+        a publish ping) under the limits a poll keeps: the timeout, the User-Agent and
+        settings.block_private_addresses. A redirect is not followed: WebSub §5.1 says a
+        request is made to the hub's URL. Returns the status; FetchError when there is none."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("use Fetcher as an async context manager")
+        deadline = time.monotonic() + self._settings.timeout
+        try:
+            if self._guard is not None:
+                client = await self._checked_client(self._guard, url, url, deadline)
+            request = client.post(url).form(dict(form))
+            async with request.build_streamed() as response:
+                return int(response.status)
+        except FetchError:
+            raise
+        except TimeoutError as err:
+            raise FetchError(url, f"timed out after {self._settings.timeout:g} s") from err
+        except Exception as err:
+            failure = _failure(url, url, err)
+            if failure is None:
+                raise
+            log.debug("post %s failed: %r", url, err)
+            raise failure from err
+
+
+def _links(response: Response) -> str:
+    """Every Link header field of `response`, joined as one (RFC 9110 §5.3)."""
+    try:
+        return ", ".join(v for v in response.get_header_all("Link") if v)
+    except ValueError:
+        return ""
 
 
 def _header(response: Response, name: str) -> str:

@@ -94,3 +94,24 @@ def source_listed(name: str) -> str:
 def source_guids(name: str) -> str:
     """Hash: link → guid of the source's entries at its last poll (to spot churning guids)."""
     return f"{PREFIX}source:{name}:guids"
+
+
+# --- WebSub (aggregator/websub.py, aggregator/push.py) ----------------------------------------
+# In the same slot as the rest: a poll's due time and a subscription's record change together
+# with nothing else, but one tag keeps the whole layout in one place for Redis Cluster.
+
+WEBSUB_NAMES = PREFIX + "websub:names"  # set: every source with a subscription record
+WEBSUB_INBOX = PREFIX + "websub:inbox"  # list: distributions the web took, for workers
+WEBSUB_PINGED = PREFIX + "websub:pinged"  # hash: index key → the version last pinged
+WEBSUB_PINGS = PREFIX + "websub:pings"  # sorted set: feed URL to ping → when (epoch seconds)
+WEBSUB_PING_TRIES = PREFIX + "websub:ping-tries"  # hash: feed URL → failed pings in a row
+
+
+def websub(name: str) -> str:
+    """Hash: one source's subscription (`websub.Subscription.to_fields`)."""
+    return f"{PREFIX}websub:source:{name}"
+
+
+def websub_lock(name: str) -> str:
+    """String with a TTL: the worker making a request for this source's subscription."""
+    return f"{PREFIX}websub:lock:{name}"

@@ -65,6 +65,9 @@ class FetchResult:
     validators: Validators = Validators()
     moved_to: str = ""
     max_age: float | None = None
+    # The response's Link header fields, joined by ", " (RFC 8288 §3): where a source names
+    # its WebSub hub and self URL first (WebSub §4).
+    links: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,10 @@ class ParsedFeed:
     # What relative links in the entries' HTML are relative to, when the format says (an XML
     # document's own URL, RFC 3986 §5.1.3); "" leaves it to the entry's link.
     base: str = ""
+    # WebSub discovery in the document (WebSub §4): `<link rel="hub">` (Atom, RSS atom:link)
+    # or JSON Feed `hubs`, and the self URL (`rel="self"`, JSON Feed `feed_url`).
+    hubs: tuple[str, ...] = ()
+    self_url: str = ""
 
 
 # --- the normalized entry ------------------------------------------------------------------

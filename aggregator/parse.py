@@ -71,7 +71,19 @@ def parse_xml_feed(
         entries=tuple(_xml_entry(e, _authors(feed), zone, rss=rss) for e in doc.entries),
         ttl=_ttl(feed.get("ttl")),
         base=url,
+        hubs=_rel_links(feed, "hub"),
+        self_url=next(iter(_rel_links(feed, "self")), ""),
     )
+
+
+def _rel_links(feed: Any, rel: str) -> tuple[str, ...]:
+    """The hrefs of the feed's links of relation `rel`, in document order, each once."""
+    found = [
+        link.get("href") or ""
+        for link in feed.get("links") or ()
+        if hasattr(link, "get") and str(link.get("rel") or "").lower() == rel
+    ]
+    return tuple(dict.fromkeys(h.strip() for h in found if isinstance(h, str) and h.strip()))
 
 
 def read_xml(data: bytes, url: str, content_type: str = "", *, fast: bool = True) -> Any:
@@ -382,7 +394,21 @@ def parse_json_feed(body: bytes, url: str) -> ParsedFeed:
         link=_text(data.get("home_page_url", "")),
         format=f"json{version.replace('.', '')}",
         entries=tuple(_json_entry(i, feed_authors, zone) for i in items if isinstance(i, dict)),
+        hubs=_json_hubs(data.get("hubs")),
+        self_url=_text(data.get("feed_url", "")).strip(),
     )
+
+
+def _json_hubs(raw: Any) -> tuple[str, ...]:
+    """JSON Feed 1.1 `hubs`: the WebSub ones (type "WebSub", any case), each once."""
+    if not isinstance(raw, list):
+        return ()
+    found = [
+        _text(h.get("url", "")).strip()
+        for h in raw
+        if isinstance(h, dict) and _text(h.get("type", "")).lower() == "websub"
+    ]
+    return tuple(dict.fromkeys(u for u in found if u))
 
 
 def _json_authors(data: dict[str, Any]) -> tuple[Author, ...]:

@@ -24,12 +24,14 @@ from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.fetch import Fetcher
+from aggregator.push import Push
 from aggregator.store import Store
 from aggregator.update import PARSE_MODULES, Clock, Outcome, Updater, use_enough_threads, utcnow
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
+PUSH_TICK_SECONDS = 1.0  # WebSub: distributions saved, subscriptions looked after
 MAX_IN_FLIGHT = 64
 
 
@@ -50,6 +52,7 @@ class Worker:
         tick: float = TICK_SECONDS,
         max_in_flight: int = MAX_IN_FLIGHT,
         clock: Clock = utcnow,
+        push_tick: float = PUSH_TICK_SECONDS,
     ) -> None:
         self._load_config = load_config
         self.config = config or load_config()
@@ -64,6 +67,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fetcher: Fetcher | None = None
         self._updater: Updater | None = None
+        self._push: Push | None = None
+        self.push_tick_seconds = push_tick
         self._reload_version = 0
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -101,6 +106,16 @@ class Worker:
             misfire_grace_time=None,
             id="tick",
         )
+        scheduler.add_job(
+            self._push_tick,
+            "interval",
+            seconds=self.push_tick_seconds,
+            next_run_time=self.clock(),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+            id="push",
+        )
         scheduler.start()
         log.info("worker started: %d sources", len(self.config.enabled_sources))
         try:
@@ -125,6 +140,7 @@ class Worker:
         fetcher = await Fetcher(config.settings).__aenter__()
         self.config, self._fetcher = config, fetcher
         self._updater = Updater(config, self.store, fetcher, executor=executor, clock=self.clock)
+        self._push = Push(config, self.store, fetcher, executor=executor, clock=self.clock)
         names = [s.name for s in config.enabled_sources]
         urls = {s.name: s.url for s in config.enabled_sources}
         await asyncio.to_thread(self.store.sync_sources, names, self.clock(), urls)
@@ -155,7 +171,13 @@ class Worker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _push_tick(self) -> None:
+        """WebSub's work (aggregator/push.py); it logs its own failures."""
+        if self._push is not None:
+            await self._push.tick()
+
     async def _poll(self, updater: Updater, source: Source) -> Outcome | None:
+        push = self._push
         try:
             outcome = await updater.poll(source)
         except AggregatorError as err:
@@ -165,6 +187,11 @@ class Worker:
             log.exception("poll %s crashed", source.name)
             return None
         self.polls += 1
+        if source.websub and push is not None:
+            try:
+                await push.after_poll(source, outcome)
+            except AggregatorError as err:
+                log.error("websub %s: %s", source.name, err)
         if outcome.ok:
             log.info(
                 "poll %s: HTTP %s, %d entries, %d new, %d updated",

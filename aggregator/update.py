@@ -556,3 +556,82 @@ def first_failure(failures: Sequence[BaseException]) -> BaseException:
         if not isinstance(failure, Exception):
             return failure
     return next((f for f in failures if isinstance(f, StorageError)), failures[0])
+
+
+# --- WebSub content distribution -------------------------------------------------------------
+
+
+def discovery(body: bytes, url: str, content_type: str) -> tuple[tuple[str, ...], str]:
+    """The WebSub hubs and self URL a document names (WebSub §4), read in the parse pool as
+    a poll's documents are (pool workers import this module, not the push one)."""
+    from aggregator.parse import parse, parse_xml_feed
+
+    feed = parse(body, url, content_type)
+    if not feed.format.startswith("json"):
+        # feedparser_rs leaves out the href of a link to an IP address (127.0.0.1 among
+        # them); feedparser reads links as written, and discovery is rare enough for it.
+        feed = parse_xml_feed(body, url, content_type, fast=False)
+    return feed.hubs, feed.self_url
+
+
+def store_distributed(
+    store: Store | Address,
+    source: Source,
+    body: bytes,
+    url: str,
+    content_type: str,
+    received: datetime,
+    retention: tuple[int, float, int],
+) -> Stored:
+    """Save a document a hub pushed for `source` (WebSub §7) through the path a poll's takes:
+    `process` (parse, identity, normalize, the source's filters), `Store.save_poll` (dedup,
+    indexes, tombstones) and retention, run where a poll's are (the parse pool: the same
+    bounds). `url` is the subscription's topic, what relative links resolve against.
+
+    Only what it carries changes: the source's due time, validators, guid memory and the URL
+    it polls stay the poll's, so a distribution never moves or redirects polling. Entries the
+    last poll listed and this document does not are recorded as listed until now; the next
+    poll lists them again."""
+    target = store if isinstance(store, Store) else Store.at(store)
+    try:
+        (previous,) = target.source_states([source.name])
+        processed = process(
+            source,
+            body,
+            url,
+            content_type,
+            received,
+            previous.id_mode,
+            target.previous_guids(source.name),
+        )
+        state: dict[str, str | int | float] = {
+            "last_push": received.timestamp(),
+            "id_mode": processed.id_mode,
+        }
+        if processed.guid_problem:
+            state["id_note"] = f"ids from links: {processed.guid_problem}"
+        result = target.save_poll(
+            source.name, processed.entries, state, None, listed_at=received.timestamp()
+        )
+        max_entries, max_age, keep = retention
+        retained = target.enforce_retention(
+            source.category_name,
+            max_entries,
+            max_age,
+            received,
+            source=source.name,
+            keep_per_source=keep,
+        )
+    except BaseException:
+        if target is not store:
+            target.forget()
+        raise
+    cut = set(retained.cut)
+    return Stored(
+        entries=len(processed.entries) + len(processed.refused),
+        new=len(set(result.new_ids) - cut),
+        updated=result.updated,
+        merged=result.merged,
+        filtered=len(processed.refused),
+        cut=result.cut + len(set(result.new_ids) & cut),
+    )

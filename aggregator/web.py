@@ -41,14 +41,16 @@ from werkzeug.http import http_date, parse_date, parse_etags
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
-from aggregator import __version__, keys, opml, urls
+from aggregator import __version__, keys, opml, urls, websub
 from aggregator import config as config_module
+from aggregator import store as store_module
 from aggregator.config import Config
 from aggregator.errors import ConfigError, StorageError
 from aggregator.export import BACK, HOME_TITLE
 from aggregator.render import FORMATS, MEDIA_TYPES, FeedInfo, Format, last_modified, render
 from aggregator.services import open_store
-from aggregator.store import Rendered, Store
+from aggregator.store import Distribution, Rendered, Store
+from aggregator.websub import Subscription
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -493,6 +495,11 @@ def _memo(
     }
     if cached.last_modified:
         headers["Last-Modified"] = cached.last_modified
+    hub = services().config.settings.websub_hub
+    if hub:
+        # WebSub §4: the hub and the topic in Link headers, which subscribers read first.
+        self_url = _info(kind, name, page, limit=limit).url(fmt, page)
+        headers["Link"] = f'<{hub}>; rel="hub", <{self_url}>; rel="self"'
     modified = parse_date(cached.last_modified) if cached.last_modified else None
     return Memo(cached.version, cached.body, headers, now, cached.etag, modified)
 
@@ -621,3 +628,58 @@ def readyz() -> Response:
 @bp.get("/metrics")
 def metrics() -> Response:
     return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+
+# --- WebSub callback: /websub/<source>/<token> ---------------------------------------------
+# The web process only answers the hub: it confirms or refuses a verification of intent and
+# hands a signed distribution to Redis; workers do the rest (aggregator/push.py).
+
+
+@bp.get("/websub/<source>/<token>")
+def websub_verify(source: str, token: str) -> Response:
+    """Verification of intent (WebSub §5.3) and denial (§5.2): the challenge echoed with 200
+    only for the mode, topic and token of a request of ours; else 404."""
+    params = {k: v for k, v in request.args.items() if k.startswith("hub.")}
+    now = time.time()
+    verdicts: list[websub.Verdict] = []
+
+    def change(current: dict[str, str]) -> dict[str, str] | None:
+        verdict = websub.verify(Subscription.from_fields(current), token, params, now)
+        verdicts[:] = [verdict]
+        return verdict.record.to_fields() if verdict.record is not None else None
+
+    store_module.change_subscription(services().store, source, change)
+    verdict = verdicts[0] if verdicts else websub.NOT_OURS
+    if verdict.status == 200 and verdict.record is not None:
+        log.info("websub %s: %s verified", source, params.get("hub.mode", ""))
+    return Response(verdict.body, status=verdict.status, mimetype="text/plain")
+
+
+@bp.post("/websub/<source>/<token>")
+def websub_distribution(source: str, token: str) -> Response:
+    """Content distribution (WebSub §7): a body signed with the subscription's secret goes to
+    Redis for a worker, and is answered at once. A bad or missing signature is acknowledged
+    and ignored (§8: "subscribers MUST still return a 2xx success response"); an unknown or
+    old token is 410 Gone, which tells the hub the subscription is over (§7); a body over
+    max_bytes is 413. None of them stores anything."""
+    found = services()
+    limit = found.config.settings.max_bytes
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return Response("413 body over max_bytes\n", status=413, mimetype="text/plain")
+    body = request.stream.read(limit + 1)
+    if len(body) > limit:
+        return Response("413 body over max_bytes\n", status=413, mimetype="text/plain")
+    (raw,) = store_module.subscriptions(found.store, [source])
+    sub = Subscription.from_fields(raw)
+    why = websub.refusal(sub, token, request.headers.get("X-Hub-Signature", ""), body)
+    if why == "unknown subscription":
+        return Response("410 no such subscription\n", status=410, mimetype="text/plain")
+    if why is not None:
+        log.warning("websub %s: distribution ignored: %s", source, why)
+        return Response(status=202)
+    store_module.push_distribution(
+        found.store,
+        Distribution(source, token, request.headers.get("Content-Type", ""), time.time(), body),
+    )
+    return Response(status=202)

@@ -115,7 +115,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         config.load(tmp_path / "nope.yaml")
 
 
-def test_features_not_built_yet_are_refused_by_name() -> None:
+def test_websub_keys_are_accepted_and_a_hub_needs_public_url() -> None:
     found = problems(
         "settings: {websub_hub: 'https://hub.example/'}\n"
         "sources:\n"
@@ -123,15 +123,16 @@ def test_features_not_built_yet_are_refused_by_name() -> None:
         "  - {name: b, url: 'https://b.example/', websub: false}\n"
     )
     assert found == [
-        "settings.websub_hub: not supported yet: this version neither advertises nor pings a "
-        "hub; remove the key",
-        "sources[0].websub: not supported yet: this version does not subscribe to hubs; set it "
-        "to false",
+        "settings.websub_hub: needs settings.public_url: the hub is told our feeds' URLs, "
+        "which only public_url gives",
     ]
-    # any value of websub_hub, even an empty one, is refused: the key itself is not built
-    assert [p.split(":")[0] for p in problems("settings: {websub_hub: }\n")] == [
-        "settings.websub_hub"
-    ]
+    accepted = config.parse(
+        "settings: {websub_hub: 'https://hub.example/', public_url: 'https://a.example'}\n"
+        "sources: [{name: a, url: 'https://a.example/', websub: true}]\n",
+        Path("feeds.yaml"),
+    )
+    assert accepted.settings.websub_hub == "https://hub.example/"
+    assert accepted.sources[0].websub
 
 
 def test_websub_false_is_accepted(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def test_atom_is_valid_with_enclosures_and_source(client: FlaskClient, store: St
     assert RNG.validate(feed), RNG.error_log
     links = atom_links(feed)
     assert links["self"][0].get("href") == "https://agg.example/categories/audio.atom"
-    assert "hub" not in links  # WebSub is not built: no hub is advertised
+    assert "hub" not in links  # no settings.websub_hub: no hub is advertised
     assert feed.find(f"{ATOM}author/{ATOM}name") is not None  # RFC 4287 §4.1.1
     ids = [e.findtext(f"{ATOM}id") for e in feed.iterfind(f"{ATOM}entry")]
     assert len(ids) == len(set(ids)) == 2

@@ -344,14 +344,26 @@ def test_row_settings_block_private_addresses(site: Site) -> None:
 
 
 def test_row_settings_websub_hub(site: Site) -> None:
-    """Not built yet: any value is refused by `check`, naming the key."""
-    site.write(standard_sources(site), settings={"websub_hub": "https://hub.example/"})
-    checked = site.cli("check")
-    assert checked.returncode == 1
-    assert "settings.websub_hub" in checked.stderr, checked.stderr
-    assert site.poll().returncode == 1  # refused whole, by every command
-    site.write(standard_sources(site))
+    """Advertised in every feed we publish and pinged on change; needs public_url. (The pings,
+    once per changed feed URL and only from workers: tests/test_websub_publish.py.)"""
+    hub = "http://127.0.0.1:9/hub"  # advertised only: nothing here asks it anything
+    site.write(standard_sources(site), settings={"websub_hub": hub})
+    refused = site.cli("check")
+    assert refused.returncode == 1
+    assert "settings.websub_hub" in refused.stderr and "settings.public_url" in refused.stderr
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    site.write(standard_sources(site), settings={"websub_hub": hub, "public_url": base})
     assert site.cli("check").returncode == 0
+    web = site.web(wait=False, port=port)
+    assert site.poll().returncode == 0
+    web.wait()
+    path = "/tags/" + quote(JINGJI_TAG, safe="") + ".atom"
+    answer = web.ok(path)
+    assert f'<{hub}>; rel="hub"' in answer.headers["Link"], answer.headers["Link"]
+    links = {link["rel"]: link["href"] for link in answer.feed().feed.links}
+    assert links["hub"] == hub and links["self"].startswith(base)
+    assert web.ok("/all.json").json()["hubs"] == [{"type": "WebSub", "url": hub}]
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -527,16 +539,20 @@ def test_row_sources_enabled(site: Site) -> None:
 
 
 def test_row_sources_websub(site: Site) -> None:
-    """Not built yet: `websub: true` is refused by `check` naming the key; false accepted."""
+    """`true`: subscribe when the source advertises a hub; needs public_url to be reachable,
+    and `status` says so when it is unset. (Subscription, signed pushes reaching the merged
+    feed, renewal, denial and the safety net: tests/test_websub.py.)"""
     sources = standard_sources(site)
     sources[1]["websub"] = True
     site.write(sources)
-    checked = site.cli("check")
-    assert checked.returncode == 1
-    assert "sources[1].websub" in checked.stderr, checked.stderr
-    sources[1]["websub"] = False
-    site.write(sources)
     assert site.cli("check").returncode == 0
+    assert site.poll().returncode == 0
+    notes = site.status()[sources[1]["name"]]["notes"]
+    assert "public_url" in notes, notes  # no callback a hub could reach: polled as ever
+    sources[1]["websub"] = "yes please"
+    site.write(sources)
+    refused = site.cli("check")
+    assert refused.returncode == 1 and "sources[1].websub" in refused.stderr
 
 
 def test_row_categories_and_tags_metadata(site: Site) -> None:
