@@ -275,3 +275,17 @@ def poll_now(config: Config, store: Store, names: Sequence[str], now: datetime) 
             return await updater.poll_many([config.source(n) for n in names])
 
     return asyncio.run(run())
+
+
+@pytest.fixture
+def site(
+    tmp_path: Path, redis_url: str, feed_server: FeedServer, environ: dict[str, str]
+) -> Iterator[Any]:
+    """One aggregator installation for the README's end-to-end tests (tests/readme_support.py:
+    its own feeds.yaml with the shipped defaults, the CLI and web processes as users start
+    them), stopped after the test."""
+    from tests.readme_support import make_site
+
+    s = make_site(tmp_path, redis_url, feed_server, environ)
+    yield s
+    s.stop_all()

@@ -7,21 +7,18 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
 import yaml
 from lxml import etree
 
-from tests.conftest import FeedServer, Route, free_port
+from tests.conftest import Route, free_port
 from tests.readme_support import (
     Item,
     Site,
     Web,
     hours_ago,
-    make_site,
     rss,
     standard_sources,
     stop,
@@ -47,15 +44,6 @@ SUMMARY = re.compile(
     r"^(\d+) ok, (\d+) failed, (\d+) new entries, (\d+) merged, (\d+) filtered, "
     r"(\d+) cut by max_entries$"
 )
-
-
-@pytest.fixture
-def site(
-    tmp_path: Path, redis_url: str, feed_server: FeedServer, environ: dict[str, str]
-) -> Iterator[Site]:
-    s = make_site(tmp_path, redis_url, feed_server, environ)
-    yield s
-    s.stop_all()
 
 
 def test_row_command_run(site: Site) -> None:

@@ -8,16 +8,14 @@ from __future__ import annotations
 import gzip
 import re
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
-import pytest
 import redis
 
 from aggregator import __version__
-from tests.conftest import FeedServer, Route, free_port
+from tests.conftest import Route, free_port
 from tests.readme_support import (
     CHINA,
     JINGJI_OLD,
@@ -26,7 +24,6 @@ from tests.readme_support import (
     Site,
     hours_ago,
     jingji_feed,
-    make_site,
     parse_when,
     rss,
     standard_sources,
@@ -36,15 +33,6 @@ from tests.readme_support import (
 )
 
 JINGJI_TAG = "经济日报新闻"
-
-
-@pytest.fixture
-def site(
-    tmp_path: Path, redis_url: str, feed_server: FeedServer, environ: dict[str, str]
-) -> Iterator[Site]:
-    s = make_site(tmp_path, redis_url, feed_server, environ)
-    yield s
-    s.stop_all()
 
 
 def one_line_error(text: str) -> None:

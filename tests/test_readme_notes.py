@@ -13,7 +13,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,10 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import pytest
 import redis
 
-from tests.conftest import FeedServer, Route, free_port
+from tests.conftest import Route, free_port
 from tests.readme_support import (
     CHINA,
     InFlight,
@@ -33,7 +31,6 @@ from tests.readme_support import (
     atom,
     hours_ago,
     jingji_feed,
-    make_site,
     parse_when,
     rss,
     standard_sources,
@@ -47,15 +44,6 @@ from tests.readme_support import (
 
 JINGJI_TAG = "经济日报新闻"
 XML = {"Content-Type": "application/xml"}
-
-
-@pytest.fixture
-def site(
-    tmp_path: Path, redis_url: str, feed_server: FeedServer, environ: dict[str, str]
-) -> Iterator[Site]:
-    s = make_site(tmp_path, redis_url, feed_server, environ)
-    yield s
-    s.stop_all()
 
 
 def due_in(row: dict[str, str]) -> float:

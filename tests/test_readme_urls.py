@@ -8,18 +8,16 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
 import jsonschema
-import pytest
 from lxml import etree
 
 from aggregator.embedded import redis_server_binary
-from tests.conftest import SCHEMAS, FeedServer, free_port
+from tests.conftest import SCHEMAS, free_port
 from tests.readme_support import (
     CHINA,
     Item,
@@ -27,7 +25,6 @@ from tests.readme_support import (
     Web,
     hours_ago,
     links_in,
-    make_site,
     rss,
     standard_sources,
     titles,
@@ -38,15 +35,6 @@ JINGJI_TAG = "经济日报新闻"
 # Names config accepts that a URL must carry: dots, punctuation, spaces, slashes, %, #, ?,
 # emoji, CJK.
 AWKWARD_TAGS = ["node.js", "3.15晚会", "C# & .NET", "新闻/要闻", "100% 干货", "why?", "🔥 热点"]
-
-
-@pytest.fixture
-def site(
-    tmp_path: Path, redis_url: str, feed_server: FeedServer, environ: dict[str, str]
-) -> Iterator[Site]:
-    s = make_site(tmp_path, redis_url, feed_server, environ)
-    yield s
-    s.stop_all()
 
 
 def polled_site(site: Site) -> Web:
