@@ -304,7 +304,11 @@ def _serve(config: Config, store: Store, host: str, port: int) -> tuple[Any, Sit
     from aggregator.web import create_app, site
 
     app = create_app(config, store, load_config=config_module.from_environ)
-    server = create_server(app, host=host, port=port, threads=8)
+    # waitress drops X-Forwarded-* itself unless told whom to trust; the app decides that
+    # (settings.trusted_proxies), so the headers reach it as sent.
+    server = create_server(
+        app, host=host, port=port, threads=8, clear_untrusted_proxy_headers=False
+    )
     _out().print(f"serving on http://{host}:{server.effective_port}/", highlight=False)
     return server, site(app)
 

@@ -148,6 +148,23 @@ def test_row_settings_public_url(site: Site) -> None:
     assert item["id"].startswith("https://news.example.cn/agg/entries/")
 
 
+def test_row_settings_trusted_proxies(site: Site) -> None:
+    """With public_url unset, X-Forwarded-Proto/-Host make our links only for a request from
+    an address listed in trusted_proxies; anyone else's are ignored."""
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "news.example.cn"}
+    site.write(standard_sources(site))
+    web = site.web(wait=False)
+    assert site.poll().returncode == 0
+    web.wait()
+    ignored = web.get("/all.json", forwarded).json()["feed_url"]
+    assert ignored == web.base + "/all.json", ignored  # 127.0.0.1 is nobody's proxy yet
+    stop(web.process)
+    site.write(standard_sources(site), settings={"trusted_proxies": ["127.0.0.0/8"]})
+    web = site.web()
+    assert web.get("/all.json", forwarded).json()["feed_url"] == "https://news.example.cn/all.json"
+    assert web.ok("/all.json").json()["feed_url"] == web.base + "/all.json"  # none sent
+
+
 def test_row_settings_default_interval(site: Site) -> None:
     """A source that names no interval is polled every default_interval (15m shipped); the
     feeds say so in Cache-Control."""
