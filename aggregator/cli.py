@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -207,24 +207,27 @@ async def _poll_all(config: Config, store: Store, sources: list[Source]) -> list
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+
+    @contextmanager
+    def progress() -> Iterator[Callable[[Outcome], None]]:
+        with Progress(*columns, console=_out(), transient=True) as bar:
+            task = bar.add_task("polling", total=len(sources))
+            yield lambda outcome: bar.update(task, advance=1, description=outcome.source)
+
     processes = processes_for(len(sources))
-    with Progress(*columns, console=_out(), transient=True) as bar:
-        task = bar.add_task("polling", total=len(sources))
+    if processes > 1 and store.address is not None:
+        # Started before the progress bar's thread: with no other thread running, the
+        # pollers are forked from this process, their imports already done.
+        with Pollers(config, store.address, processes) as pollers, progress() as advance:
+            return await pollers.poll_many(sources, advance)
+    from aggregator.fetch import Fetcher
+    from aggregator.scheduler import parse_pool
+    from aggregator.update import Updater
 
-        def advance(outcome: Outcome) -> None:
-            bar.update(task, advance=1, description=outcome.source)
-
-        if processes > 1 and store.address is not None:
-            with Pollers(config, store.address, processes) as pollers:
-                return await pollers.poll_many(sources, advance)
-        from aggregator.fetch import Fetcher
-        from aggregator.scheduler import parse_pool
-        from aggregator.update import Updater
-
-        with parse_pool() as executor:
-            async with Fetcher(config.settings) as fetcher:
-                updater = Updater(config, store, fetcher, executor=executor)
-                return await updater.poll_many(sources, advance)
+    with parse_pool() as executor, progress() as advance:
+        async with Fetcher(config.settings) as fetcher:
+            updater = Updater(config, store, fetcher, executor=executor)
+            return await updater.poll_many(sources, advance)
 
 
 def _when(value: datetime | None) -> str:

@@ -22,11 +22,13 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.context import ForkContext, ForkServerContext
 from multiprocessing.process import BaseProcess
 from types import FrameType, TracebackType
 from typing import Any
@@ -110,11 +112,7 @@ class Pollers:
 
     def start(self) -> None:
         """Start the processes and wait until each has its parse pool up."""
-        # forkserver: the caller may run threads, whose held locks a fork would copy.
-        context = multiprocessing.get_context("forkserver")
-        # Each poller is forked with what it runs already loaded (the forkserver imports it
-        # once), rather than importing it in every process.
-        context.set_forkserver_preload(["__main__", "aggregator.pollers"])
+        context = _context()
         try:
             for _ in range(self.processes):
                 ours, theirs = context.Pipe()
@@ -244,6 +242,18 @@ class Pollers:
             raise AggregatorError(f"poller {process.pid} failed: {value}")
         process.join(1)
         raise PollerDied(f"poller {process.pid} ended (exit code {process.exitcode})")
+
+
+def _context() -> ForkContext | ForkServerContext:
+    """How to start the pollers. A plain fork when this process runs no other thread: the
+    pollers start at once, with everything this process imported. Otherwise forkserver (a
+    fork would copy a lock another thread holds, held for good), which imports the poller
+    module once and forks each poller from that."""
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", "aggregator.pollers"])
+    return context
 
 
 # --- inside a poller process ---------------------------------------------------------------
