@@ -27,7 +27,15 @@ from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import ParseError, SourceError, StorageError
 from aggregator.models import LISTING, Entry, FetchResult, NotModified, SourceState, Validators
-from aggregator.store import Address, HostSlot, HostSlotRequest, StateWrite, Store
+from aggregator.store import (
+    Address,
+    HostSlot,
+    HostSlotRequest,
+    Retained,
+    SaveResult,
+    StateWrite,
+    Store,
+)
 
 if TYPE_CHECKING:
     # Only polling processes fetch: parse-pool workers, which import this module for
@@ -228,7 +236,12 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
         if target is not store:
             target.forget()  # a bound may have cut a Redis reply short: reconnect next time
         raise
-    # What subscribers see: the document's entries that max_entries cut now are not new.
+    return _stored(processed, result, retained)
+
+
+def _stored(processed: Processed, result: SaveResult, retained: Retained) -> Stored:
+    """What a saved document did, as subscribers see it: the document's entries that
+    max_entries cut at once are not new, they are cut."""
     cut = set(retained.cut)
     listed = {e.id for e in processed.entries} | set(result.new_ids)
     return Stored(
@@ -626,12 +639,4 @@ def store_distributed(
         if target is not store:
             target.forget()
         raise
-    cut = set(retained.cut)
-    return Stored(
-        entries=len(processed.entries) + len(processed.refused),
-        new=len(set(result.new_ids) - cut),
-        updated=result.updated,
-        merged=result.merged,
-        filtered=len(processed.refused),
-        cut=result.cut + len(set(result.new_ids) & cut),
-    )
+    return _stored(processed, result, retained)
