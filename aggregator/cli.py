@@ -90,13 +90,18 @@ def _store(config: Config) -> Iterator[Store]:
             embedded.stop()
 
 
-def _logging() -> None:
+def _logging(*, debug: bool = False) -> None:
+    """Log lines to stderr at INFO (a command called before keeps its choice); with `debug`,
+    this package's DEBUG lines too: the detail behind each one-line failure (the HTTP
+    client's chain of causes, a failed command's traceback)."""
     import logging
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every tick at INFO
+    if debug:
+        logging.getLogger("aggregator").setLevel(logging.DEBUG)
 
 
 class _Commands(click.Group):
@@ -118,12 +123,19 @@ class _Commands(click.Group):
 
 @click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="aggregator")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Also log the detail behind each failure (causes, tracebacks) to stderr.",
+)
+def main(debug: bool) -> None:
     """Poll the feeds listed in feeds.yaml and republish them merged per tag.
 
     The configuration file is ./feeds.yaml, or the path in AGGREGATOR_CONFIG;
     AGGREGATOR_REDIS_URL overrides settings.redis_url.
     """
+    if debug:
+        _logging(debug=True)
 
 
 @main.command()

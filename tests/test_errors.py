@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -119,3 +121,29 @@ def test_redis_failing_in_the_parse_pool_is_a_storage_error(
         store.close()
     assert "Redis" in str(info.value) and dead in str(info.value)  # what failed, and where
     assert not isinstance(info.value, SourceError)
+
+
+def test_debug_shows_the_detail_behind_a_one_line_failure(
+    write_config: ConfigWriter, environ: dict[str, str]
+) -> None:
+    closed = free_port()  # nothing listens here
+    url = f"http://127.0.0.1:{closed}/feed.xml"
+    write_config.write([{"name": "down", "url": url}])
+    env = {
+        **environ,
+        "AGGREGATOR_CONFIG": str(write_config.path),
+        "AGGREGATOR_REDIS_URL": write_config.redis_url,
+    }
+
+    def poll(*flags: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "aggregator", *flags, "poll"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    plain, debug = poll(), poll("--debug")
+    for done in (plain, debug):
+        assert done.returncode == 1  # its only poll failed
+        assert f"connection refused by 127.0.0.1:{closed}" in done.stdout
+    assert "DEBUG" not in plain.stderr
+    # the HTTP client's own chain of causes, which the table's one line leaves out
+    detail = [line for line in debug.stderr.splitlines() if "DEBUG aggregator.fetch" in line]
+    assert detail and "Connection refused" in detail[0], debug.stderr
