@@ -30,6 +30,7 @@ from pydantic import (
 
 from aggregator import __version__
 from aggregator.errors import ConfigError
+from aggregator.models import RetentionRule
 from aggregator.text import xml_text
 
 ENV_CONFIG = "AGGREGATOR_CONFIG"
@@ -167,6 +168,10 @@ class Retention(_Frozen):
     max_entries: int = Field(1000, gt=0)
     max_age: Duration = 90 * 86400.0
     keep_per_source: int = Field(50, ge=0)
+
+    @property
+    def rule(self) -> RetentionRule:
+        return RetentionRule(self.max_entries, self.max_age, self.keep_per_source)
 
 
 class PerHost(_Frozen):

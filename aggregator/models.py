@@ -306,6 +306,20 @@ class _Zstd:
 _ZSTD = _Zstd()
 
 
+# --- retention ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRule:
+    """settings.retention as the store applies it: the newest `max_entries` per category;
+    `max_age` seconds after a source last listed an entry; each source's `keep_per_source`
+    newest kept against age."""
+
+    max_entries: int
+    max_age: float
+    keep_per_source: int = 0
+
+
 # --- per-source state ----------------------------------------------------------------------
 
 

@@ -108,7 +108,7 @@ class Push:
                     sub.topic,
                     item.content_type,
                     datetime.fromtimestamp(item.received, self.clock().tzinfo),
-                    self._retention(),
+                    self.config.settings.retention.rule,
                 )
             except SourceError as err:
                 log.warning("websub %s: distribution not read: %s", source.name, err)
@@ -123,10 +123,6 @@ class Push:
             )
             await self._change(source.name, _delivered(sub.token, item.received))
         return saved
-
-    def _retention(self) -> tuple[int, float, int]:
-        r = self.config.settings.retention
-        return (r.max_entries, r.max_age, r.keep_per_source)
 
     async def _pooled(self, url: str, fn: Callable[..., Stored], *args: Any) -> Stored:
         """`fn(store, *args)` where a poll's parsing runs (the parse pool's bounds)."""

@@ -33,7 +33,14 @@ from redis.exceptions import NoScriptError, RedisClusterException
 from aggregator import keys
 from aggregator.errors import StorageError
 from aggregator.identity import dedup_keys
-from aggregator.models import Entry, Origin, SourceState, Validators, entry_digest
+from aggregator.models import (
+    Entry,
+    Origin,
+    RetentionRule,
+    SourceState,
+    Validators,
+    entry_digest,
+)
 
 _CLAIM = """
 local names = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
@@ -305,14 +312,7 @@ class Store:
         return [None] * len(polls)
 
     def enforce_retention(
-        self,
-        category: str,
-        max_entries: int,
-        max_age: float,
-        now: datetime,
-        *,
-        source: str | None = None,
-        keep_per_source: int = 0,
+        self, category: str, rule: RetentionRule, now: datetime, *, source: str | None = None
     ) -> Retained:
         """settings.retention after a poll of `source` filed under `category`.
 
@@ -322,48 +322,34 @@ class Store:
         By count, per category: the newest `max_entries` stay; an entry leaving its only
         category is deleted and tombstoned, so that its source, which may still list it, does
         not bring it back. Deleted entries leave no index entry, alias or dedup claim."""
-        aged = self._age_out(source, max_age, keep_per_source, now) if source else []
-        return Retained(tuple(aged), tuple(self._cap(category, max_entries)))
+        aged = self._age_out(source, rule, now) if source else []
+        return Retained(tuple(aged), tuple(self._cap(category, rule.max_entries)))
 
-    def _age_out(self, source: str, max_age: float, keep: int, now: datetime) -> list[str]:
-        gone = self._age_out_now(source, max_age, keep, now)
-        self._schedule_age_check(source, max_age, keep)
-        return gone
-
-    def _schedule_age_check(self, source: str, max_age: float, keep: int) -> None:
-        """Record on the source's state when its next unlisted entry comes of age
-        (`age_check`): a poll answered 304 runs retention then, and only then."""
+    def _age_out(self, source: str, rule: RetentionRule, now: datetime) -> list[str]:
+        """The age rule for `source`, and on its state when the next entry it no longer
+        lists comes of age (`age_check`): a poll answered 304 runs retention then."""
         listed, own = keys.source_listed(source), keys.source_entries(source)
+        oldest = _ts(now) - rule.max_age  # listed last before this: aged out
+        keep = rule.keep_per_source
         with _storage_errors(f"checking retention of {source}"):
             pipe = self.client.pipeline(transaction=False)
             pipe.zrangebyscore(listed, "-inf", "(inf", withscores=True)
             pipe.zrevrange(own, 0, keep - 1)
             unlisted, newest = pipe.execute()
-            kept = set(newest) if keep else set()
-            due = min((score for ident, score in unlisted if ident not in kept), default=None)
-            if due is None:
-                self.client.hdel(keys.source(source), "age_check")
-            else:
-                self.client.hset(keys.source(source), "age_check", due + max_age)
-
-    def _age_out_now(self, source: str, max_age: float, keep: int, now: datetime) -> list[str]:
-        listed, own = keys.source_listed(source), keys.source_entries(source)
-        oldest = _ts(now) - max_age  # listed last before this: aged out
-        cutoff = f"({oldest}"
-        with _storage_errors(f"checking retention of {source}"):
-            if not self.client.zrangebyscore(listed, "-inf", cutoff, start=0, num=1):
+            candidates, due = _age_plan(unlisted, newest, oldest, rule)
+            if not candidates:
+                pipe = self.client.pipeline(transaction=False)
+                _queue_age_check(pipe, source, due)
+                pipe.execute()
                 return []
 
         def attempt(pipe: Any) -> list[str]:
             pipe.watch(listed, own)
-            kept = {str(_text(i)) for i in pipe.zrevrange(own, 0, keep - 1)} if keep else set()
-            old = [str(_text(i)) for i in pipe.zrangebyscore(listed, "-inf", cutoff)]
-            candidates = [i for i in old if i not in kept]
-            if not candidates:
-                pipe.multi()
-                return []
-            pipe.watch(*map(keys.entry, candidates))
-            stored = pipe.mget(list(map(keys.entry, candidates)))
+            unlisted = pipe.zrangebyscore(listed, "-inf", "(inf", withscores=True)
+            candidates, due = _age_plan(unlisted, pipe.zrevrange(own, 0, keep - 1), oldest, rule)
+            if candidates:
+                pipe.watch(*map(keys.entry, candidates))
+            stored = pipe.mget(list(map(keys.entry, candidates))) if candidates else []
             held = {
                 ident
                 for ident, raw in zip(candidates, stored, strict=True)
@@ -382,6 +368,7 @@ class Store:
                 gone.append(ident)
             for key in touched:
                 pipe.incr(keys.version(key))
+            _queue_age_check(pipe, source, due)
             return gone
 
         return self._transaction(f"enforcing retention of {source}", attempt)  # type: ignore[no-any-return]
@@ -739,6 +726,31 @@ def _queue_release(pipe: Any, slot: HostSlot, started: bool = True) -> None:
     pipe.zrem(keys.host_inflight(host), token)
     if not started:
         pipe.zrem(keys.host_recent(host), token)
+
+
+def _age_plan(
+    unlisted: Sequence[tuple[Any, float]], newest: Sequence[Any], oldest: float, rule: RetentionRule
+) -> tuple[list[str], float | None]:
+    """Of a source's entries it no longer lists (id, when last listed) and its newest ids,
+    those past the age rule, and when the next of the others comes of age (None: never)."""
+    kept = {str(_text(i)) for i in newest} if rule.keep_per_source else set()
+    candidates, due = [], None
+    for raw, score in unlisted:
+        ident = str(_text(raw))
+        if ident in kept:
+            continue
+        if score < oldest:
+            candidates.append(ident)
+        elif due is None or score + rule.max_age < due:
+            due = score + rule.max_age
+    return candidates, due
+
+
+def _queue_age_check(pipe: Any, source: str, due: float | None) -> None:
+    if due is None:
+        pipe.hdel(keys.source(source), "age_check")
+    else:
+        pipe.hset(keys.source(source), "age_check", due)
 
 
 def _held_elsewhere(pipe: Any, entry: Entry, source: str, oldest: float, keep: int) -> bool:

@@ -26,7 +26,15 @@ from aggregator.batch import Batcher
 from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import ParseError, SourceError, StorageError
-from aggregator.models import LISTING, Entry, FetchResult, NotModified, SourceState, Validators
+from aggregator.models import (
+    LISTING,
+    Entry,
+    FetchResult,
+    NotModified,
+    RetentionRule,
+    SourceState,
+    Validators,
+)
 from aggregator.store import (
     Address,
     HostSlot,
@@ -110,6 +118,11 @@ class Processed:
     future_dated: int = 0  # entries dated far ahead of the fetch, clamped to it
     refused: tuple[str, ...] = ()  # ids of the entries the source's filters refused
 
+    @property
+    def count(self) -> int:
+        """Entries in the document: those kept and those the filters refused."""
+        return len(self.entries) + len(self.refused)
+
 
 def process(
     source: Source,
@@ -164,7 +177,7 @@ class Changed:
     id_mode: str  # the source's identity mode so far
     state: dict[str, str | int | float]  # what the poll records, but for the entries
     interval: float  # the source's configured interval, in seconds
-    retention: tuple[int, float, int]  # max entries, max age (seconds), keep per source
+    retention: RetentionRule
     listed_at: float | None = None  # when the previous document was last confirmed
     refilter: bool = False  # the filing changed: take back what the filters refuse now
 
@@ -206,7 +219,7 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
             )
         state = {
             **changed.state,
-            "entries": len(processed.entries) + len(processed.refused),
+            "entries": processed.count,
             "id_mode": processed.id_mode,
             "future_dated": processed.future_dated,
             "listing": LISTING,
@@ -223,14 +236,8 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
             guids=processed.guids,
             listed_at=changed.listed_at,
         )
-        max_entries, max_age, keep = changed.retention
         retained = target.enforce_retention(
-            source.category_name,
-            max_entries,
-            max_age,
-            now,
-            source=source.name,
-            keep_per_source=keep,
+            source.category_name, changed.retention, now, source=source.name
         )
     except BaseException:
         if target is not store:
@@ -245,7 +252,7 @@ def _stored(processed: Processed, result: SaveResult, retained: Retained) -> Sto
     cut = set(retained.cut)
     listed = {e.id for e in processed.entries} | set(result.new_ids)
     return Stored(
-        entries=len(processed.entries) + len(processed.refused),
+        entries=processed.count,
         new=len(set(result.new_ids) - cut),
         updated=result.updated,
         merged=result.merged,
@@ -356,7 +363,6 @@ class Updater:
                 )
             assert isinstance(fetched, FetchResult)
             await self._give_back(slot)  # a slot is never held while a document is parsed
-            retention = self.config.settings.retention
             changed = Changed(
                 source,
                 fetched,
@@ -370,7 +376,7 @@ class Updater:
                     "body_hash": _hash(fetched.body),
                 },
                 interval,
-                (retention.max_entries, retention.max_age, retention.keep_per_source),
+                self.config.settings.retention.rule,
                 listed_at=previous.last_success.timestamp() if previous.last_success else None,
                 refilter=previous.filing != filing,
             )
@@ -391,15 +397,8 @@ class Updater:
         )
 
     def _retain(self, source: Source, now: datetime) -> None:
-        retention = self.config.settings.retention
-        self.store.enforce_retention(
-            source.category_name,
-            retention.max_entries,
-            retention.max_age,
-            now,
-            source=source.name,
-            keep_per_source=retention.keep_per_source,
-        )
+        rule = self.config.settings.retention.rule
+        self.store.enforce_retention(source.category_name, rule, now, source=source.name)
 
     async def _failed(
         self,
@@ -594,7 +593,7 @@ def store_distributed(
     url: str,
     content_type: str,
     received: datetime,
-    retention: tuple[int, float, int],
+    retention: RetentionRule,
 ) -> Stored:
     """Save a document a hub pushed for `source` (WebSub §7) through the path a poll's takes:
     `process` (parse, identity, normalize, the source's filters), `Store.save_poll` (dedup,
@@ -626,14 +625,8 @@ def store_distributed(
         result = target.save_poll(
             source.name, processed.entries, state, None, listed_at=received.timestamp()
         )
-        max_entries, max_age, keep = retention
         retained = target.enforce_retention(
-            source.category_name,
-            max_entries,
-            max_age,
-            received,
-            source=source.name,
-            keep_per_source=keep,
+            source.category_name, retention, received, source=source.name
         )
     except BaseException:
         if target is not store:

@@ -11,6 +11,7 @@ import pytest
 from aggregator import keys
 from aggregator.config import Config, Source
 from aggregator.identity import canonical_url, dedup_keys, guid_problem
+from aggregator.models import RetentionRule
 from aggregator.normalize import Filter
 from aggregator.store import Store
 from aggregator.update import Outcome
@@ -322,7 +323,7 @@ def test_retention_keeps_a_merged_entry_filed_in_another_category(
     )
     poll(config, store, "p", "m")
     assert store.count("category", "cm") == 1
-    assert len(store.enforce_retention("cp", 1, 10**9, NOW).cut) == 1
+    assert len(store.enforce_retention("cp", RetentionRule(1, 10**9), NOW).cut) == 1
     assert [e.title for e in store.entries("category", "cp")] == ["newer"]
     assert [e.title for e in store.entries("category", "cm")] == ["story"]
     assert store.count("all") == 2
@@ -455,7 +456,7 @@ def test_expired_entries_leave_no_alias_behind(
     )
     poll(config, store, "a", "b")
     assert list(store.client.scan_iter(keys.PREFIX + "alias:*"))
-    assert len(store.enforce_retention("c", 0, 1, NOW).cut) == 1
+    assert len(store.enforce_retention("c", RetentionRule(0, 1), NOW).cut) == 1
     for kind in ("alias", "entry", "canon", "source:a:*", "source:b:*"):
         leftover = [
             k for k in store.client.scan_iter(keys.PREFIX + kind + "*") if ":guids" not in k

@@ -14,7 +14,7 @@ from lxml import etree
 
 from aggregator import keys
 from aggregator.config import Config
-from aggregator.models import Author, Enclosure, Entry
+from aggregator.models import Author, Enclosure, Entry, RetentionRule
 from aggregator.store import Store
 from aggregator.web import create_app
 from tests.conftest import SCHEMAS, ConfigWriter
@@ -187,7 +187,7 @@ def test_rendering_is_cached_per_index_version(
     fresh = client.get("/tags/" + quote("播客") + ".json").get_json()
     assert [i["title"] for i in fresh["items"]] == ["第2集", "第1集"]
     # Retention is a change too.
-    store.enforce_retention("audio", 1, 10**9, datetime(2024, 6, 1, tzinfo=UTC))
+    store.enforce_retention("audio", RetentionRule(1, 10**9), datetime(2024, 6, 1, tzinfo=UTC))
     after = client.get("/tags/" + quote("播客") + ".json").get_json()
     assert [i["title"] for i in after["items"]] == ["第2集"]
 

@@ -15,7 +15,7 @@ from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import ParseError, StorageError
 from aggregator.fetch import Fetcher
-from aggregator.models import FetchResult, Validators
+from aggregator.models import FetchResult, RetentionRule, Validators
 from aggregator.store import Address, Store
 from aggregator.update import Changed, Outcome, Updater, store_changed
 from tests.conftest import ConfigWriter, FeedServer, free_port
@@ -107,7 +107,7 @@ def test_a_failed_call_drops_the_workers_connections(store: Store) -> None:
         id_mode="guid",
         state={"status": 200},
         interval=3600.0,
-        retention=(100, 86400.0),
+        retention=RetentionRule(100, 86400.0),
     )
     with pytest.raises(ParseError):
         store_changed(address, changed)
