@@ -115,3 +115,13 @@ def websub(name: str) -> str:
 def websub_lock(name: str) -> str:
     """String with a TTL: the worker making a request for this source's subscription."""
     return f"{PREFIX}websub:lock:{name}"
+
+
+# --- The fleet (aggregator/fleet.py): which workers run, and what each has done -------------
+
+WORKERS = PREFIX + "workers"  # sorted set: worker id → when it last reported (epoch seconds)
+
+
+def worker(worker_id: str) -> str:
+    """Hash with a TTL: one worker's report (host, pid, started, polls, errors, …)."""
+    return f"{PREFIX}worker:{worker_id}"
