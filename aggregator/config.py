@@ -88,16 +88,8 @@ def _http_url(value: str) -> str:
 
 
 def _redis_url(value: str) -> str:
-    if value.startswith("redis+cluster://"):
-        # Refused by name until it works: the save transactions read with MGET, which a
-        # cluster pipeline refuses, and every key shares one hash tag, so a cluster would
-        # fail on the first entry and hold everything on one node.
-        raise ValueError(
-            "Redis Cluster (redis+cluster://) is not supported yet: use one Redis "
-            "(redis://, rediss:// or unix://)"
-        )
-    if not re.match(r"^(redis|rediss|unix)://", value):
-        raise ValueError("not a Redis URL (redis://, rediss:// or unix://)")
+    if not re.match(r"^(redis|rediss|unix|redis\+cluster)://", value):
+        raise ValueError("not a Redis URL (redis://, rediss://, unix:// or redis+cluster://)")
     return value
 
 

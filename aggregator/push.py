@@ -157,7 +157,7 @@ class Push:
         indexes: list[tuple[keys.Kind, str]] = [("all", "")]
         indexes += [("tag", t) for t in self.config.tag_names()]
         indexes += [("category", c) for c in self.config.category_names()]
-        index_keys = {keys.index(kind, name): (kind, name) for kind, name in indexes}
+        index_keys = {self.store.keys.index(kind, name): (kind, name) for kind, name in indexes}
         versions = await asyncio.to_thread(
             store_module.index_versions, self.store, list(index_keys)
         )

@@ -289,3 +289,16 @@ def site(
     s = make_site(tmp_path, redis_url, feed_server, environ)
     yield s
     s.stop_all()
+
+
+@pytest.fixture
+def cluster_site(
+    tmp_path: Path, cluster: Any, feed_server: FeedServer, environ: dict[str, str]
+) -> Iterator[Any]:
+    """An installation like `site`, on a 3-master Redis Cluster (redis+cluster://)."""
+    from tests.readme_support import make_site
+
+    (tmp_path / "cluster").mkdir()
+    s = make_site(tmp_path / "cluster", cluster.url, feed_server, environ)
+    yield s
+    s.stop_all()

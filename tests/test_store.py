@@ -11,7 +11,6 @@ import pytest
 import redis
 
 from aggregator import keys
-from aggregator import store as store_module
 from aggregator.errors import StorageError
 from aggregator.models import Author, Entry, Validators, entry_digest
 from aggregator.store import (
@@ -22,6 +21,7 @@ from aggregator.store import (
     StateWrite,
     Store,
 )
+from aggregator.store import entries as store_entries
 from tests.conftest import free_port
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -562,7 +562,7 @@ def snapshot(store: Store) -> dict[str, Any]:
 def interleave(monkeypatch: pytest.MonkeyPatch, write: Any, times: int) -> list[int]:
     """Run `write` (a real Redis write by "another worker") after a save has read under WATCH
     and queued its writes, just before EXEC, the first `times` times."""
-    real = store_module._SavePlan.run
+    real = store_entries._SavePlan.run
     calls = [0]
 
     def run(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -572,7 +572,7 @@ def interleave(monkeypatch: pytest.MonkeyPatch, write: Any, times: int) -> list[
             write()
         return result
 
-    monkeypatch.setattr(store_module._SavePlan, "run", run)
+    monkeypatch.setattr(store_entries._SavePlan, "run", run)
     return calls
 
 
@@ -593,7 +593,7 @@ def test_conflict_leaves_nothing_half_written(
     calls = interleave(monkeypatch, other_worker, times=1)
     batch = [make_entry("a"), make_entry("b"), dataclasses.replace(base, tags=("new",))]
     with store.binary.pipeline(transaction=True) as pipe:
-        store_module._SavePlan(store, pipe, "src").run(
+        store_entries._SavePlan(store, pipe, "src").run(
             batch, {"status": 201, "entries": 3}, T0 + timedelta(hours=1), None, None
         )
         with pytest.raises(redis.WatchError):

@@ -1,0 +1,195 @@
+"""The store's ground floor: connections, Redis failures as StorageError, and the loop that
+runs a write until nobody else changed what it read.
+
+On one Redis a write is one MULTI/EXEC transaction guarded by WATCH on the keys it read (if
+another worker wrote them meanwhile, the plan is made again). On Redis Cluster the same plan
+is applied by `staged.Staged`, slot group by slot group, in an order that a crash at any step
+leaves repairable, with compare-and-set where WATCH would have guarded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
+
+from aggregator import keys
+from aggregator.errors import StorageError
+from aggregator.store.staged import Staged
+
+MAX_ATTEMPTS = 32  # a save that keeps conflicting: retried with backoff, about 5 s at most
+DAY = 86400
+# A cluster client rides through a failover (a replica promoted within a few seconds): it
+# retries a command on connection errors and MOVED with a growing wait, asking for the slot
+# map again, for about 15 s in all.
+CLUSTER_RETRIES = 12
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Lifetimes:
+    """How long tombstones live (seconds) after their source last listed the entry: they
+    outlast retention's max_age, so an entry cut by max_entries stays out while it is listed.
+    Dedup claims live as long as the entry they point at: retention deletes them with it."""
+
+    tombstone: int = 97 * DAY
+
+    @classmethod
+    def for_max_age(cls, max_age: float) -> Lifetimes:
+        return cls(tombstone=max(int(max_age) + 7 * DAY, 30 * DAY))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Address:
+    """Where a store is: enough to connect to it again from another process."""
+
+    url: str
+    lifetimes: Lifetimes
+
+
+_OPEN: dict[Address, Any] = {}  # `StoreBase.at`: one store per address in each process
+
+
+def connect(url: str, *, text: bool = True) -> redis.Redis | RedisCluster:
+    """A client for `url`; `redis+cluster://host:port` selects Redis Cluster. `text` clients
+    answer str; the others bytes (stored entries are compressed)."""
+    if url.startswith("redis+cluster://"):
+        # A cluster client asks for the slot map as it is made: unreachable, that is a
+        # StorageError like any other Redis failure.
+        with _storage_errors(f"connecting to the cluster at {url}"):
+            return RedisCluster.from_url(
+                "redis://" + url.removeprefix("redis+cluster://"),
+                decode_responses=text,
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2), CLUSTER_RETRIES),
+            )
+    return redis.Redis.from_url(url, decode_responses=text, health_check_interval=30)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+@contextmanager
+def _storage_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (redis.RedisError, RedisClusterException) as err:
+        # RedisClusterException (no slot map, no node reachable) is not a RedisError.
+        raise StorageError(f"Redis failed while {action}: {err}") from err
+
+
+def _some(names: Iterable[str]) -> str:
+    """Names for an error message: `a`, or `a and 4 more` for a batch."""
+    first, *rest = names
+    return f"{first} and {len(rest)} more" if rest else first
+
+
+def _ts(value: datetime) -> float:
+    return round(value.timestamp(), 6)
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromtimestamp(float(value), UTC) if value else None
+
+
+class StoreBase:
+    """`client` answers str; `binary` (same server) answers bytes, for the compressed entries
+    and the transactions that read them. `keys` is the key map for this deployment."""
+
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        binary: redis.Redis | RedisCluster,
+        lifetimes: Lifetimes | None = None,
+    ) -> None:
+        self.client = client
+        self.binary = binary
+        self.lifetimes = lifetimes or Lifetimes()
+        self.address: Address | None = None  # set by `from_url`
+        self.clustered = isinstance(client, RedisCluster)
+        self.keys = keys.CLUSTER if self.clustered else keys.ONE_NODE
+
+    @classmethod
+    def from_url(cls, url: str, lifetimes: Lifetimes | None = None) -> Self:
+        store = cls(connect(url), connect(url, text=False), lifetimes)
+        store.address = Address(url, store.lifetimes)
+        return store
+
+    @classmethod
+    def at(cls, address: Address) -> Self:
+        """This process's store at `address`, connected once (for pool workers: a Store's
+        connections cannot cross a process boundary, its address can)."""
+        found = _OPEN.get(address)
+        if found is None:
+            found = _OPEN[address] = cls.from_url(address.url, address.lifetimes)
+        return found
+
+    def forget(self) -> None:
+        """Drop this process's connections after a call was cut short (a time bound may have
+        stopped it between a command and its reply): the next use reconnects."""
+        if self.address is not None:
+            _OPEN.pop(self.address, None)
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def close(self) -> None:
+        self.client.close()
+        self.binary.close()
+
+    def ping(self) -> bool:
+        """Whether Redis answers; on a cluster, whether every slot is served: the cluster says
+        its state is ok and every master answers."""
+        try:
+            if isinstance(self.client, RedisCluster):
+                if self.client.cluster_info().get("cluster_state") != "ok":
+                    return False
+                return bool(self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+            return bool(self.client.ping())
+        except (redis.RedisError, RedisClusterException):
+            if isinstance(self.client, RedisCluster):
+                # A master gone: ask for the slot map again, for the replica promoted since.
+                with contextlib.suppress(redis.RedisError, RedisClusterException):
+                    self.client.nodes_manager.initialize()
+            return False
+
+    def _transaction(self, action: str, attempt: Any) -> Any:
+        """Run `attempt(pipe)` (WATCH, read, MULTI, queue writes) until EXEC succeeds; on a
+        cluster, until `Staged` applied it with nothing it read changed meanwhile."""
+        with _storage_errors(action):
+            for tries in range(MAX_ATTEMPTS):
+                pipe = Staged(self.binary) if self.clustered else self.binary.pipeline(True)
+                with pipe:
+                    try:
+                        result = attempt(pipe)
+                        pipe.execute()
+                        return result
+                    except redis.WatchError:
+                        # Many sources saving one story at once keep conflicting if they
+                        # retry in step: each waits a random while, longer every time.
+                        time.sleep(random.uniform(0, min(0.25, 0.002 * 2**tries)))
+        raise StorageError(f"{action}: the data kept changing under us; try again")
+
+    def _batch(self, *, binary: bool = False) -> Any:
+        """A pipeline of writes to many slots: one MULTI/EXEC on one node; on a cluster, one
+        pipeline per node (each command atomic on its own key)."""
+        client = self.binary if binary else self.client
+        return client.pipeline(transaction=not self.clustered)
+
+    def _mget(self, names: Sequence[str], *, binary: bool = True) -> list[Any]:
+        """MGET; on a cluster, one per slot, sent together (`mget_nonatomic`)."""
+        if not names:
+            return []
+        client: Any = self.binary if binary else self.client
+        if self.clustered:
+            return list(client.mget_nonatomic(list(names)))
+        return list(client.mget(list(names)))
