@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,20 +26,15 @@ import yaml
 
 from aggregator import config as config_module
 from aggregator.config import Config
-from aggregator.embedded import redis_server_binary
 from aggregator.fetch import Fetcher
 from aggregator.store import Store
 from aggregator.update import Outcome, Updater
+from tests.clusters import Cluster
+from tests.processes import free_port, redis_server_path, wait_until_answering
 
 DATA = Path(__file__).parent / "data"
 FEEDS = DATA / "feeds"
 SCHEMAS = Path(__file__).parent / "schemas"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- Redis ---------------------------------------------------------------------------------
@@ -49,7 +43,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """A redis-server of our own for the whole session, never the machine's shared one."""
-    binary = shutil.which("redis-server") or redis_server_binary()
+    binary = redis_server_path()
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="aggregator-test-redis-")
     process = subprocess.Popen(
@@ -71,15 +65,7 @@ def redis_server() -> Iterator[str]:
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("test redis-server did not start") from None
-            time.sleep(0.02)
+    wait_until_answering(client, process, 10, "test redis-server")
     client.close()
     yield url
     process.terminate()
@@ -100,6 +86,34 @@ def store(redis_url: str) -> Iterator[Store]:
     s = Store.from_url(redis_url)
     yield s
     s.close()
+
+
+# --- Redis Cluster (tests/clusters.py; without redis-cli skipped, under CI=true failed) -----
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Cluster]:
+    """Three masters, no replicas, for the whole session; tests take it through `cluster`."""
+    started = Cluster.started(masters=3)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def cluster(redis_cluster: Cluster) -> Cluster:
+    """The session's cluster, whole and empty."""
+    redis_cluster.wait_ok(10)
+    redis_cluster.flush()
+    return redis_cluster
+
+
+@pytest.fixture
+def failover_cluster() -> Iterator[Cluster]:
+    """Three masters with a replica each, of this test alone, its nodes judged failed after
+    2 s without an answer, so a killed master's replica takes over within seconds."""
+    started = Cluster.started(masters=3, replicas=1, node_timeout_ms=2000)
+    yield started
+    started.stop()
 
 
 # --- the feed server -----------------------------------------------------------------------
