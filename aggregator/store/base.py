@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -28,12 +29,23 @@ from aggregator import keys
 from aggregator.errors import StorageError
 from aggregator.store.staged import Staged
 
+T = TypeVar("T")
 MAX_ATTEMPTS = 32  # a save that keeps conflicting: retried with backoff, about 5 s at most
 DAY = 86400
 # A cluster client rides through a failover (a replica promoted within a few seconds): it
-# retries a command on connection errors and MOVED with a growing wait, asking for the slot
-# map again, for about 15 s in all.
-CLUSTER_RETRIES = 12
+# retries a command on connection errors and MOVED a few times with a growing wait, asking for
+# the slot map again; reads of many slots and staged writes (pipelines, whose own refresh may
+# lag) are tried again from the start with the slot map asked for anew, for up to
+# FAILOVER_SECONDS.
+CLUSTER_RETRIES = 4
+FAILOVER_SECONDS = 20.0
+_NODE_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    RedisClusterException,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,7 +82,7 @@ def connect(url: str, *, text: bool = True) -> redis.Redis | RedisCluster:
             return RedisCluster.from_url(
                 "redis://" + url.removeprefix("redis+cluster://"),
                 decode_responses=text,
-                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2), CLUSTER_RETRIES),
+                retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1), CLUSTER_RETRIES),
             )
     return redis.Redis.from_url(url, decode_responses=text, health_check_interval=30)
 
@@ -147,37 +159,49 @@ class StoreBase:
         self.binary.close()
 
     def ping(self) -> bool:
-        """Whether Redis answers; on a cluster, whether every slot is served: the cluster says
-        its state is ok and every master answers."""
+        """Whether Redis answers; on a cluster, whether every slot is served."""
+        if isinstance(self.client, RedisCluster):
+            return _serves_every_slot(self.client)
         try:
-            if isinstance(self.client, RedisCluster):
-                if self.client.cluster_info().get("cluster_state") != "ok":
-                    return False
-                return bool(self.client.ping(target_nodes=RedisCluster.PRIMARIES))
             return bool(self.client.ping())
-        except (redis.RedisError, RedisClusterException):
-            if isinstance(self.client, RedisCluster):
-                # A master gone: ask for the slot map again, for the replica promoted since.
-                with contextlib.suppress(redis.RedisError, RedisClusterException):
-                    self.client.nodes_manager.initialize()
+        except redis.RedisError:
             return False
 
     def _transaction(self, action: str, attempt: Any) -> Any:
         """Run `attempt(pipe)` (WATCH, read, MULTI, queue writes) until EXEC succeeds; on a
-        cluster, until `Staged` applied it with nothing it read changed meanwhile."""
+        cluster, until `Staged` applied it with nothing it read changed meanwhile (a staged
+        write cut short by a failover is made again: each of its steps is idempotent)."""
         with _storage_errors(action):
             for tries in range(MAX_ATTEMPTS):
                 pipe = Staged(self.binary) if self.clustered else self.binary.pipeline(True)
                 with pipe:
                     try:
-                        result = attempt(pipe)
-                        pipe.execute()
-                        return result
+                        return self._riding(functools.partial(_apply, attempt, pipe))
                     except redis.WatchError:
                         # Many sources saving one story at once keep conflicting if they
                         # retry in step: each waits a random while, longer every time.
                         time.sleep(random.uniform(0, min(0.25, 0.002 * 2**tries)))
         raise StorageError(f"{action}: the data kept changing under us; try again")
+
+    def _riding(self, call: Callable[[], T]) -> T:
+        """`call()`; on a cluster, made again while a failover lasts (connection errors,
+        CLUSTERDOWN), with the slot map asked for anew each time, for up to
+        FAILOVER_SECONDS."""
+        if not isinstance(self.binary, RedisCluster):
+            return call()
+        deadline = time.monotonic() + FAILOVER_SECONDS
+        wait = 0.1
+        while True:
+            try:
+                return call()
+            except _NODE_ERRORS:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(wait)
+            wait = min(wait * 2, 1.0)
+            for client in (self.client, self.binary):
+                with contextlib.suppress(*_NODE_ERRORS):
+                    client.nodes_manager.initialize()  # type: ignore[union-attr]
 
     def _batch(self, *, binary: bool = False) -> Any:
         """A pipeline of writes to many slots: one MULTI/EXEC on one node; on a cluster, one
@@ -191,5 +215,40 @@ class StoreBase:
             return []
         client: Any = self.binary if binary else self.client
         if self.clustered:
-            return list(client.mget_nonatomic(list(names)))
+            return self._riding(lambda: list(client.mget_nonatomic(list(names))))
         return list(client.mget(list(names)))
+
+
+def _apply(attempt: Any, pipe: Any) -> Any:
+    """One attempt of a transaction: plan on `pipe`, then apply what it queued."""
+    pipe.reset()  # what an attempt cut short queued
+    result = attempt(pipe)
+    pipe.execute()
+    return result
+
+
+def _serves_every_slot(client: RedisCluster) -> bool:
+    """Asked of the first node that answers at once (no retries: a readiness check must not
+    wait out a failover): the cluster's state is ok and no master holding slots is judged
+    failing, not even by this node alone (`fail?`) in the seconds before a replica is
+    promoted."""
+    for node in client.get_nodes():  # type: ignore[no-untyped-call]
+        probe = redis.Redis(
+            host=node.host, port=node.port, socket_timeout=1, socket_connect_timeout=1
+        )
+        try:
+            info = _text(probe.execute_command("CLUSTER", "INFO")) or ""  # type: ignore[no-untyped-call]
+            nodes = _text(probe.execute_command("CLUSTER", "NODES")) or ""  # type: ignore[no-untyped-call]
+        except redis.RedisError:
+            continue
+        finally:
+            probe.close()
+        if "cluster_state:ok" not in info:
+            return False
+        for line in nodes.splitlines():
+            fields = line.split()
+            flags = fields[2] if len(fields) > 2 else ""
+            if "master" in flags and "fail" in flags and len(fields) > 8:
+                return False
+        return True
+    return False

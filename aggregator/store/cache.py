@@ -5,6 +5,7 @@ from (one slot on a cluster: the feed's tag), so one round trip tells whether it
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from aggregator import keys
 from aggregator.store.base import DAY, StoreBase, _storage_errors
@@ -25,11 +26,15 @@ class Cache(StoreBase):
     def cached_render(self, kind: keys.Kind, name: str, variant: str) -> Rendered:
         """The index's current version and, when one was stored for exactly that version,
         the rendered feed. One round trip."""
-        with _storage_errors(f"reading the cached {kind} {name}"):
+
+        def read() -> list[Any]:
             pipe = self.binary.pipeline(transaction=False)
             pipe.get(self.keys.version(self.keys.index(kind, name)))
             pipe.hgetall(self.keys.rendered(kind, name, variant))
-            version, cached = pipe.execute()
+            return list(pipe.execute())
+
+        with _storage_errors(f"reading the cached {kind} {name}"):
+            version, cached = self._riding(read)
         version = int(version or 0)
         if cached and int(cached.get(b"version", -1)) == version:
             return Rendered(

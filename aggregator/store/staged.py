@@ -65,6 +65,16 @@ _CLAIM_SETTLE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PERSIST', KEYS[1]) end
 return 1
 """
+# ZADD that answers which members it added (ARGV score, member, ...).
+_LIST_ADD = """
+local added = {}
+for i = 1, #ARGV, 2 do
+  if redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    table.insert(added, ARGV[i + 1])
+  end
+end
+return added
+"""
 # Index changes with the version bump they cause: KEYS index, version; ARGV score, id, ...
 _INDEX_ADD = """
 local n = redis.call('ZADD', KEYS[1], 'CH', unpack(ARGV))
@@ -94,6 +104,7 @@ class Staged:
         self.queued = False
         self.unindexed: list[Write] = []  # step 2's writes, whose version bumps are done
         self.claimed: list[tuple[str, str]] = []  # step 3's claims (key, owner), settled in 5
+        self.listed_new: list[tuple[str, list[Any]]] = []  # step 1's additions, by key
 
     def __enter__(self) -> Staged:
         return self
@@ -107,6 +118,7 @@ class Staged:
         self.queued = False
         self.unindexed = []
         self.claimed = []
+        self.listed_new = []
 
     def watch(self, *names: str) -> None:
         """Nothing to do: what is read is checked when written."""
@@ -155,8 +167,14 @@ class Staged:
         for write in self.writes:
             steps[_step(write)].append(write)
         self.unindexed = steps[1]
-        for name, writes in zip(self.STEPS, steps, strict=True):
-            getattr(self, name)(writes)
+        try:
+            for name, writes in zip(self.STEPS, steps, strict=True):
+                getattr(self, name)(writes)
+        except WatchError:
+            # A conflict: the plan is made again. What this attempt alone added to the
+            # source's listing goes (the next plan may merge those entries elsewhere).
+            self._plain([("zrem", (key, *ids), {}) for key, ids in self.listed_new if ids])
+            raise
 
     def _plain(self, writes: list[Write]) -> list[Any]:
         """The writes in one pipeline (one round trip per node), in order."""
@@ -178,7 +196,17 @@ class Staged:
             raise WatchError("a key this write read was changed meanwhile")
 
     def _listing(self, writes: list[Write]) -> None:
-        self._plain(writes)
+        """ZADDs to a source's `:listed`/`:entries`, remembering which ids each one added."""
+        calls: list[Write] = []
+        for command, args, kwargs in writes:
+            if command != "zadd" or kwargs:
+                raise ValueError(f"a listing write must be a plain ZADD, not {command} {kwargs}")
+            members: list[Any] = []
+            for member, score in args[1].items():
+                members += [score, member]
+            calls.append(("execute_command", ("EVAL", _LIST_ADD, 1, args[0], *members), {}))
+        for (_, args, _), added in zip(writes, self._plain(calls), strict=True):
+            self.listed_new.append((args[0], [_text(a) for a in added]))
 
     def _unindex(self, writes: list[Write]) -> None:
         self._indexes(writes, _INDEX_REMOVE)
