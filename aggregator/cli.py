@@ -7,6 +7,7 @@ or `status` should not pay for the HTTP client, the parse pool, the scheduler an
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -74,20 +75,42 @@ def _config() -> Config:
 
 
 @contextmanager
-def _store(config: Config) -> Iterator[Store]:
+def _store(config: Config, *, wait: bool = False) -> Iterator[Store]:
+    """The store `config` names; with `wait` (a long-running worker), Redis out of reach is
+    waited for, said in a log line now and then, rather than a failure."""
     from aggregator.errors import AggregatorError
     from aggregator.services import open_store
 
-    try:
-        store, embedded = open_store(config)
-    except AggregatorError as err:
-        _fail(str(err))
+    for attempt in itertools.count():
+        try:
+            store, embedded = open_store(config)
+            if not wait or store.ping():
+                break
+            store.close()
+            if embedded is not None:
+                embedded.stop()
+            problem = f"Redis at {config.settings.redis_url or config.data_dir} does not answer"
+        except AggregatorError as err:
+            if not wait:
+                _fail(str(err))
+            problem = str(err)
+        _wait_for_redis(problem, attempt)
     try:
         yield store
     finally:
         store.close()
         if embedded is not None:
             embedded.stop()
+
+
+def _wait_for_redis(problem: str, attempt: int) -> None:
+    """Say why the worker cannot start yet, and wait: 1 s, doubling up to 30 s."""
+    import logging
+    import time
+
+    wait = min(30.0, 2.0**attempt)
+    logging.getLogger("aggregator.worker").warning("%s; trying again in %.0f s", problem, wait)
+    time.sleep(wait)
 
 
 def _logging(*, debug: bool = False) -> None:
@@ -306,7 +329,7 @@ def worker() -> None:
 
     _logging()
     config = _config()
-    with _store(config) as store:
+    with _store(config, wait=True) as store:
         Worker(config_module.from_environ, store, config=config).run()
 
 
@@ -359,7 +382,7 @@ def run(host: str, port: int) -> None:
 
     _logging()
     config = _config()
-    with _store(config) as store:
+    with _store(config, wait=True) as store:
         server, _ = _serve(config, store, host, port)
         thread = threading.Thread(target=server.run, name="web", daemon=True)
         thread.start()

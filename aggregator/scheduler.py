@@ -4,8 +4,13 @@ Due times live in Redis (one sorted set), not in this process, so any number of 
 machines share the work: APScheduler ticks once a second, and each tick claims the sources that
 are due, moving their due time ahead by a lease in the same atomic step (`Store.claim_due`).
 A poll that finishes records the real next due time; one whose worker died comes due again when
-the lease runs out. `aggregator reload` bumps a counter that every worker checks on each tick.
-The only module that imports apscheduler.
+the lease runs out. A poll still running when a third of its lease is left (one waiting its turn
+at a busy host, a slow parse) has its lease renewed by the tick, so no other worker claims that
+source meanwhile. A poll that Redis cut short (an outage, a failover) is no failure of its
+source: nothing about it could be recorded, so its source is given back, due at once, on the
+first tick that reaches Redis again, rather than waiting out its lease. `aggregator reload`
+bumps a counter that every worker checks on each tick. The only module that imports
+apscheduler.
 """
 
 from __future__ import annotations
@@ -16,13 +21,13 @@ import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import Executor
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
-from aggregator.errors import AggregatorError, ConfigError
+from aggregator.errors import AggregatorError, ConfigError, StorageError
 from aggregator.fetch import Fetcher
 from aggregator.push import Push
 from aggregator.store import Store
@@ -53,6 +58,7 @@ class Worker:
         max_in_flight: int = MAX_IN_FLIGHT,
         clock: Clock = utcnow,
         push_tick: float = PUSH_TICK_SECONDS,
+        lease: float | None = None,
     ) -> None:
         self._load_config = load_config
         self.config = config or load_config()
@@ -70,6 +76,12 @@ class Worker:
         self._push: Push | None = None
         self.push_tick_seconds = push_tick
         self._reload_version = 0
+        self._lease = lease
+        # Polls under way → the due time their claim wrote (their lease), renewed by the tick.
+        self._leases: dict[str, datetime] = {}
+        # Sources whose poll Redis cut short → their lease: given back on the next tick.
+        self._give_back: dict[str, datetime] = {}
+        self._redis_down = False  # said once per outage, and again when it ends
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -150,42 +162,88 @@ class Worker:
 
     # --- the tick -------------------------------------------------------------------------
 
+    @property
+    def lease(self) -> timedelta:
+        """How far ahead a claim moves a source's due time: a poll's request, its parse, and
+        room to spare (renewed while the poll runs)."""
+        seconds = self._lease or self.config.settings.timeout * 3 + 60
+        return timedelta(seconds=seconds)
+
     async def _tick(self) -> None:
         try:
             await self._maybe_reload()
             updater = self._updater
             assert updater is not None
-            free = self.max_in_flight - len(self._tasks)
             now = self.clock()
-            lease = timedelta(seconds=self.config.settings.timeout * 3 + 60)
-            names = await asyncio.to_thread(self.store.claim_due, now, now + lease, free)
+            await self._mind_leases(now)
+            free = self.max_in_flight - len(self._tasks)
+            until = now + self.lease
+            names = await asyncio.to_thread(self.store.claim_due, now, until, free)
+        except StorageError as err:
+            if not self._redis_down:
+                log.error("%s; polling waits for Redis", err)
+            self._redis_down = True
+            return
         except AggregatorError as err:
             log.error("tick failed: %s", err)
             return
+        if self._redis_down:
+            log.info("Redis answers again; polling resumes")
+            self._redis_down = False
         for name in names:
             try:
                 source = self.config.source(name)
             except KeyError:
                 continue  # removed from feeds.yaml since it was scheduled
-            task = asyncio.get_running_loop().create_task(self._poll(updater, source))
+            self._leases[name] = until
+            task = asyncio.get_running_loop().create_task(self._poll(updater, source, until))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _mind_leases(self, now: datetime) -> None:
+        """Give back the sources whose poll Redis cut short (due now), and renew the leases
+        of polls still under way with a third of their lease left."""
+        if self._give_back:
+            back = dict(self._give_back)
+            moved = await asyncio.to_thread(self.store.move_leases, back, now)
+            for name in back:
+                self._give_back.pop(name, None)
+            if moved:
+                log.info("%d source(s) Redis had cut short are due again", len(moved))
+        lease = self.lease
+        ending = {n: u for n, u in self._leases.items() if u - now < lease / 3}
+        if ending:
+            until = now + lease
+            renewed = await asyncio.to_thread(self.store.move_leases, ending, until)
+            for name in renewed:
+                if name in self._leases:  # not finished meanwhile
+                    self._leases[name] = until
 
     async def _push_tick(self) -> None:
         """WebSub's work (aggregator/push.py); it logs its own failures."""
         if self._push is not None:
             await self._push.tick()
 
-    async def _poll(self, updater: Updater, source: Source) -> Outcome | None:
+    async def _poll(self, updater: Updater, source: Source, lease: datetime) -> Outcome | None:
         push = self._push
         try:
             outcome = await updater.poll(source)
+        except StorageError as err:
+            # Not the source's failure: nothing was recorded, and no backoff is due. It is
+            # given back (due at once) as soon as a tick reaches Redis again.
+            log.warning(
+                "poll %s cut short: %s; it is polled again once Redis answers", source.name, err
+            )
+            self._give_back[source.name] = self._leases.get(source.name, lease)
+            return None
         except AggregatorError as err:
             log.error("poll %s: %s", source.name, err)
             return None
         except Exception:  # a bug must not kill the worker; it is logged with its traceback
             log.exception("poll %s crashed", source.name)
             return None
+        finally:
+            self._leases.pop(source.name, None)
         self.polls += 1
         if source.websub and push is not None:
             try:

@@ -620,7 +620,9 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    if services().store.ping():
+    # The store itself, not `services()`: a probe must answer at once, and the reload check
+    # that `services()` may make would wait out a cluster's failover before saying anything.
+    if site(current_app).store.ping():
         return Response("ready\n", mimetype="text/plain")
     return Response("redis unreachable\n", status=503, mimetype="text/plain")
 

@@ -474,12 +474,18 @@ def wait_for(
         if value:
             return value
         if process is not None and process.poll() is not None:
-            log = _LOGS.get(process.pid)
-            errors = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log else ""
-            raise AssertionError(f"{what}: the process exited ({process.returncode}): {errors}")
+            raise AssertionError(
+                f"{what}: the process exited ({process.returncode}): {_log_tail(process)}"
+            )
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
+            said = f"; its log ends: {_log_tail(process)}" if process is not None else ""
+            raise AssertionError(f"{what}: not within {timeout} s{said}")
         time.sleep(0.1)
+
+
+def _log_tail(process: subprocess.Popen[bytes]) -> str:
+    log = _LOGS.get(process.pid)
+    return log.read_text(encoding="utf-8", errors="replace")[-3000:] if log else ""
 
 
 def titles(parsed: Any) -> list[str]:

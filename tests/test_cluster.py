@@ -315,14 +315,17 @@ def _failover(site: Site, cluster: Any) -> None:
     victim = cluster.masters()[0]
     cluster.kill(victim)
     saw_down = False
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    seen: list[tuple[float, int]] = []  # (seconds since the kill, status) as it changed
+    killed = time.monotonic()
+    while time.monotonic() < killed + 30:
         status = web.get("/readyz").status
+        if not seen or seen[-1][1] != status:
+            seen.append((round(time.monotonic() - killed, 1), status))
         saw_down = saw_down or status == 503
         if saw_down and status == 200:
             break
         time.sleep(0.1)
-    assert saw_down, "/readyz never said a slot was uncovered"
+    assert saw_down, f"/readyz never said a slot was uncovered: {seen}"
     assert web.get("/readyz").status == 200, "/readyz not ready after the failover"
     cluster.wait_ok(15)
     wait_for(

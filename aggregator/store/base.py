@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
@@ -234,7 +234,11 @@ def _serves_every_slot(client: RedisCluster) -> bool:
     promoted."""
     for node in client.get_nodes():  # type: ignore[no-untyped-call]
         probe = redis.Redis(
-            host=node.host, port=node.port, socket_timeout=1, socket_connect_timeout=1
+            host=node.host,
+            port=node.port,
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),  # redis-py's default retries would wait seconds
         )
         try:
             info = _text(probe.execute_command("CLUSTER", "INFO")) or ""  # type: ignore[no-untyped-call]

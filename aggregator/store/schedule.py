@@ -23,6 +23,19 @@ local names = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 
 for _, name in ipairs(names) do redis.call('ZADD', KEYS[1], ARGV[2], name) end
 return names
 """
+# For each (name, lease) pair after ARGV[1]: the source's due time moves to ARGV[1] only where
+# it still is that lease, the due time its claim wrote. Answers the names moved.
+_MOVE_LEASES = """
+local moved = {}
+for i = 2, #ARGV, 2 do
+  local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if due and tonumber(due) == tonumber(ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    table.insert(moved, ARGV[i])
+  end
+end
+return moved
+"""
 # One poll that stored no entries, for `Store.finish_polls`: source, state fields, next due.
 StateWrite = tuple[str, Mapping[str, str | int | float], datetime | None]
 
@@ -113,10 +126,27 @@ class Schedule(Hosts):
         if limit <= 0:
             return []
         with _storage_errors("claiming due sources"):
-            names = self._claim(
-                keys=[keys.DUE], args=[now.timestamp(), lease_until.timestamp(), limit]
-            )
+            names = self._claim(keys=[keys.DUE], args=[now.timestamp(), _ts(lease_until), limit])
         return [str(n) for n in names]
+
+    def move_leases(self, leases: Mapping[str, datetime], to: datetime) -> list[str]:
+        """For each source → the lease its claim wrote (`claim_due`'s `lease_until`): move
+        its due time to `to` where it is still that lease, so the move never undoes a poll
+        that recorded its next due time meanwhile, nor another worker's claim. A later `to`
+        renews the lease of a poll still running; `to` = now gives back a source whose poll
+        Redis cut short. The names moved."""
+        if not leases:
+            return []
+        args: list[float | str] = [_ts(to)]
+        for name, until in leases.items():
+            args += [name, _ts(until)]
+        with _storage_errors(f"moving the leases of {_some(leases)}"):
+            moved = self._move_leases(keys=[keys.DUE], args=args)
+        return [str(n) for n in moved]
+
+    @functools.cached_property
+    def _move_leases(self) -> Script:
+        return self.client.register_script(_MOVE_LEASES)
 
     def start_polls(
         self, starts: Sequence[tuple[str, HostSlotRequest]]
