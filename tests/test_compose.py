@@ -271,6 +271,17 @@ def test_cluster_variant_written_out_as_the_readme_says_keeps_them_too(tmp_path:
     check_fleet(cluster_variant(tmp_path), cluster=True)
 
 
+def test_both_variants_are_compose_files_by_the_compose_specification(tmp_path: Path) -> None:
+    """Both files validate against the Compose Specification's JSON schema (the copy that
+    check-jsonschema vendors): no misspelt or misplaced key."""
+    cluster_variant(tmp_path)
+    for path in (COMPOSE, tmp_path / "docker-compose.cluster.yml"):
+        command = [sys.executable, "-m", "check_jsonschema"]
+        command += ["--builtin-schema", "vendor.compose-spec", str(path)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_compose_file_gives_the_readmes_commands() -> None:
     """The commands in the compose file's header are those README.md gives, and what they
     run in a container is a command of README.md's Commands table."""
