@@ -1,3 +1,5 @@
+# The aggregator's image. Alone it runs the quick start (`aggregator run`, an embedded Redis
+# under /config/.aggregator); docker-compose.yml gives each of its services its own command.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
