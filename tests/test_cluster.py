@@ -359,3 +359,28 @@ def test_redis_errors_name_the_cluster(cluster_site: Site) -> None:
     done = cluster_site.cli("status", env={**cluster_site.env, "AGGREGATOR_REDIS_URL": dead})
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and dead in done.stderr, done.stderr
+
+
+def test_staged_index_writes_of_thousands_of_entries(cluster: Any) -> None:
+    """A feed listing thousands of entries: its index additions and removals fit the scripts
+    that apply them (Lua's unpack takes at most a few thousand values at once)."""
+    from aggregator import keys
+
+    client = RedisCluster.from_url(cluster.url.replace("redis+cluster", "redis"))
+    index = keys.CLUSTER.index("tag", "a feed of thousands")
+    try:
+        with Staged(client) as pipe:
+            pipe.multi()
+            pipe.zadd(index, {f"id{n}": n for n in range(10_000)})
+            pipe.execute()
+        assert client.zcard(index) == 10_000
+        version = int(client.get(keys.Layout.version(index)) or 0)
+        assert version >= 1
+        with Staged(client) as pipe:
+            pipe.multi()
+            pipe.zrem(index, *(f"id{n}" for n in range(9_000)))
+            pipe.execute()
+        assert client.zcard(index) == 1_000
+        assert int(client.get(keys.Layout.version(index)) or 0) > version
+    finally:
+        client.close()

@@ -35,6 +35,9 @@ from redis.exceptions import WatchError
 
 from aggregator import keys
 
+# Lua's unpack() gives at most about 8,000 values at once ("too many results to unpack"): a
+# document listing thousands of entries has its index writes sent in parts of this many.
+UNPACK_AT_ONCE = 1000
 IN_FLIGHT_MS = 30_000  # a claim whose entry is not written yet; a crashed writer's lapses
 
 # Each returns 1 when done, 0 on a conflict.
@@ -275,13 +278,11 @@ class Staged:
                     members += [score, member]
             else:
                 members = list(args[1:])
-            calls.append(
-                (
-                    "execute_command",
-                    ("EVAL", script, 2, name, keys.Layout.version(name), *members),
-                    {},
-                )
-            )
+            step = UNPACK_AT_ONCE - UNPACK_AT_ONCE % (2 if command == "zadd" else 1)
+            for start in range(0, len(members), step):
+                chunk = members[start : start + step]
+                version = keys.Layout.version(name)
+                calls.append(("execute_command", ("EVAL", script, 2, name, version, *chunk), {}))
         self._plain(calls)
 
     def _per_slot(self, writes: list[Write]) -> None:
