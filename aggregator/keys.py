@@ -51,7 +51,7 @@ WEBSUB_PINGED = PREFIX + "websub:pinged"  # hash: index key → the version last
 WEBSUB_PINGS = PREFIX + "websub:pings"  # sorted set: feed URL to ping → when (epoch seconds)
 WEBSUB_PING_TRIES = PREFIX + "websub:ping-tries"  # hash: feed URL → failed pings in a row
 
-# The fleet (aggregator/fleet.py): which workers run, and what each has done.
+# The fleet (aggregator/store/fleet.py): which workers run, and what each has done.
 WORKERS = PREFIX + "workers"  # sorted set: worker id → when it last reported (epoch seconds)
 
 

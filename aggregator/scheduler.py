@@ -14,18 +14,21 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from aggregator import metrics
 from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
-from aggregator.errors import AggregatorError, ConfigError
+from aggregator.errors import AggregatorError, ConfigError, StorageError
 from aggregator.fetch import Fetcher
 from aggregator.push import Push
-from aggregator.store import Store
+from aggregator.store import Store, WorkerReport
 from aggregator.update import PARSE_MODULES, Clock, Outcome, Updater, use_enough_threads, utcnow
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 PUSH_TICK_SECONDS = 1.0  # WebSub: distributions saved, subscriptions looked after
 MAX_IN_FLIGHT = 64
+REPORT_SECONDS = 5.0  # how often a worker writes its report for `aggregator status`
 
 
 def parse_pool() -> Executor:
@@ -62,6 +66,10 @@ class Worker:
         self.max_in_flight = max_in_flight
         self.clock = clock
         self.polls = 0
+        self.errors = 0  # polls that failed, or were cut short by Redis
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.worker_id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:6]}"
+        self.started = clock()
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -116,12 +124,21 @@ class Worker:
             misfire_grace_time=None,
             id="push",
         )
+        scheduler.add_job(
+            self._report,
+            "interval",
+            seconds=REPORT_SECONDS,
+            next_run_time=self.clock(),
+            coalesce=True,
+            id="report",
+        )
         scheduler.start()
         log.info("worker started: %d sources", len(self.config.enabled_sources))
         try:
             await self._stop.wait()
         finally:
             scheduler.shutdown(wait=False)
+            await self._report(stopping=True)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -160,6 +177,7 @@ class Worker:
             lease = timedelta(seconds=self.config.settings.timeout * 3 + 60)
             names = await asyncio.to_thread(self.store.claim_due, now, now + lease, free)
         except AggregatorError as err:
+            _count(err)
             log.error("tick failed: %s", err)
             return
         for name in names:
@@ -181,12 +199,15 @@ class Worker:
         try:
             outcome = await updater.poll(source)
         except AggregatorError as err:
+            _count(err)
+            self.errors += 1
             log.error("poll %s: %s", source.name, err)
             return None
         except Exception:  # a bug must not kill the worker; it is logged with its traceback
             log.exception("poll %s crashed", source.name)
             return None
         self.polls += 1
+        self.errors += not outcome.ok
         if source.websub and push is not None:
             try:
                 await push.after_poll(source, outcome)
@@ -205,6 +226,21 @@ class Worker:
             log.warning("poll %s failed: %s", outcome.source, outcome.error)
         return outcome
 
+    async def _report(self, *, stopping: bool = False) -> None:
+        """Tell the fleet view (`aggregator status`) this worker runs, and what it has done;
+        or, `stopping`, that it is gone."""
+        report = WorkerReport(
+            self.worker_id, self.host, self.pid, self.started, self.polls, self.errors, self.clock()
+        )
+        try:
+            if stopping:
+                await asyncio.to_thread(self.store.forget_worker, self.worker_id)
+            else:
+                await asyncio.to_thread(self.store.report_worker, report)
+        except AggregatorError as err:
+            _count(err)
+            log.warning("cannot report this worker: %s", err)
+
     async def _maybe_reload(self) -> None:
         version = await asyncio.to_thread(self.store.reload_version)
         if version == self._reload_version:
@@ -218,6 +254,11 @@ class Worker:
         assert self._updater is not None and self._updater.executor is not None
         await self._apply(config, self._updater.executor)
         log.info("reloaded %s: %d sources", config.path, len(config.enabled_sources))
+
+
+def _count(err: AggregatorError) -> None:
+    if isinstance(err, StorageError):
+        metrics.REDIS_ERRORS.inc()
 
 
 async def _close_after(fetcher: Fetcher, tasks: list[asyncio.Task[Outcome | None]]) -> None:
