@@ -1,7 +1,7 @@
-"""Metrics and the fleet view, as an operator meets them: `/metrics` of `aggregator run` after
-its polls, `aggregator worker --metrics-port P`, gunicorn workers summed under
-PROMETHEUS_MULTIPROC_DIR, and `aggregator status` listing the running workers (one Redis and a
-cluster)."""
+"""README, "Metrics and the fleet view", as an operator meets them: `/metrics` of
+`aggregator run` after its polls, `aggregator worker --metrics-port P`, gunicorn workers summed
+under PROMETHEUS_MULTIPROC_DIR, and `aggregator status` listing the running workers (one Redis
+and a cluster)."""
 
 from __future__ import annotations
 
