@@ -12,11 +12,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from aggregator import metrics
-from aggregator.store import Store, WorkerReport
 from tests.conftest import free_port
 from tests.readme_support import Site, Web, fetch, standard_sources, stop, table_rows, wait_for
 
@@ -208,49 +205,3 @@ def test_status_lists_running_workers(site: Site) -> None:
 
 def test_status_lists_running_workers_on_a_cluster(cluster_site: Site) -> None:
     check_fleet_view(cluster_site)
-
-
-def test_fleet_reports_expire(store: Store) -> None:
-    """A worker that died without a word leaves the view once its report is older than the
-    horizon, and once the report itself expired; one that stops leaves at once."""
-    now = datetime.now(UTC)
-    report = WorkerReport("h:1:ab", "h", 1, now - timedelta(minutes=5), 10, 2, now)
-    store.report_worker(report)
-    store.report_worker(WorkerReport("h:2:cd", "h", 2, now, 0, 0, now - timedelta(seconds=90)))
-    (seen,) = store.workers_seen(now)
-    assert (seen.worker_id, seen.polls, seen.errors, seen.pid) == ("h:1:ab", 10, 2, 1)
-    assert abs(seen.last_seen - now) < timedelta(milliseconds=1)
-    assert store.workers_seen(now + timedelta(seconds=59)) == [seen]
-    assert store.workers_seen(now + timedelta(seconds=61)) == []
-    assert store.workers_seen(now + timedelta(seconds=61), within=120) == [seen]
-    store.report_worker(report, ttl=1)
-    time.sleep(1.2)
-    assert store.workers_seen(now) == []  # the report expired: not listed within the horizon
-    store.report_worker(report)
-    store.forget_worker(report.worker_id)
-    assert store.workers_seen(now) == []
-
-
-def test_backoff_gauge_follows_outcomes() -> None:
-    """A source is in backoff from its failed poll until one succeeds; the counts move once
-    per poll."""
-
-    class Seen:
-        def __init__(self, source: str, ok: bool, new: int = 0) -> None:
-            self.source, self.ok, self.new = source, ok, new
-            self.not_modified, self.updated, self.merged = False, 0, 0
-
-    def value(name: str, **labels: str) -> float:
-        found = REGISTRY.get_sample_value(name, labels)
-        return float(found or 0)
-
-    before = value("aggregator_polls_total", outcome="failed")
-    new = value("aggregator_entries_total", kind="new")
-    in_backoff = value("aggregator_sources_in_backoff")
-    metrics.polled(Seen("a-test-source", False))
-    metrics.polled(Seen("a-test-source", False))
-    assert value("aggregator_sources_in_backoff") == in_backoff + 1
-    assert value("aggregator_polls_total", outcome="failed") == before + 2
-    metrics.polled(Seen("a-test-source", True, new=3))
-    assert value("aggregator_sources_in_backoff") == in_backoff
-    assert value("aggregator_entries_total", kind="new") == new + 3

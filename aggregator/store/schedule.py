@@ -12,16 +12,26 @@ from typing import Any
 
 from redis.commands.core import Script
 
-from aggregator import keys
+from aggregator import keys, metrics
 from aggregator.keys import Layout
 from aggregator.models import SourceState, Validators
 from aggregator.store.base import _dt, _some, _storage_errors, _ts
 from aggregator.store.hosts import Hosts, HostSlot, HostSlotRequest, _queue_release
 
+# A source whose due time is still the lease end its last claim set was claimed and its poll
+# never recorded a due time: the lease ran out unfinished, and this claim takes it over. The
+# lease is kept as ZSCORE writes it, so the comparison is of one string with itself.
 _CLAIM = """
 local names = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, name in ipairs(names) do redis.call('ZADD', KEYS[1], ARGV[2], name) end
-return names
+local taken = 0
+for _, name in ipairs(names) do
+  if redis.call('HGET', KEYS[2], name) == redis.call('ZSCORE', KEYS[1], name) then
+    taken = taken + 1
+  end
+  redis.call('ZADD', KEYS[1], ARGV[2], name)
+  redis.call('HSET', KEYS[2], name, redis.call('ZSCORE', KEYS[1], name))
+end
+return {taken, names}
 """
 # One poll that stored no entries, for `Store.finish_polls`: source, state fields, next due.
 StateWrite = tuple[str, Mapping[str, str | int | float], datetime | None]
@@ -89,6 +99,7 @@ class Schedule(Hosts):
             gone = present - set(names)
             if gone:
                 pipe.zrem(keys.DUE, *gone)
+                pipe.hdel(keys.LEASES, *gone)
             if names:
                 pipe.zadd(keys.DUE, {n: now.timestamp() for n in names}, nx=True)
             if revived:
@@ -109,13 +120,16 @@ class Schedule(Hosts):
 
     def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
         """Take up to `limit` due sources, moving their due time to `lease_until` in the same
-        step: another worker will not take them, and if this one dies they come due again."""
+        step: another worker will not take them, and if this one dies they come due again
+        (counted as lease takeovers when they are claimed again)."""
         if limit <= 0:
             return []
         with _storage_errors("claiming due sources"):
-            names = self._claim(
-                keys=[keys.DUE], args=[now.timestamp(), lease_until.timestamp(), limit]
+            taken, names = self._claim(
+                keys=[keys.DUE, keys.LEASES], args=[now.timestamp(), lease_until.timestamp(), limit]
             )
+        if taken:
+            metrics.LEASE_TAKEOVERS.inc(int(taken))
         return [str(n) for n in names]
 
     def start_polls(
