@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from aggregator.config import Config, Source
-    from aggregator.store import Store
+    from aggregator.store import Store, WorkerReport
     from aggregator.update import Outcome
     from aggregator.web import Site
 
@@ -275,6 +275,7 @@ def status() -> None:
     config = _config()
     with _store(config) as store:
         states = store.source_states([s.name for s in config.sources])
+        workers = store.workers_seen(datetime.now(UTC))
         from aggregator import push
 
         pushes = push.status_notes(config, store)
@@ -310,6 +311,27 @@ def status() -> None:
         )
     headers = ("source", "enabled", "last poll", "status", "entries", "stored", "next due", "notes")
     _write(table.render("Sources (times in UTC)", headers, rows))
+    _write(_fleet(workers))
+
+
+def _fleet(workers: list[WorkerReport]) -> str:
+    """The workers seen in the last minute, one row each, or one line saying there are none."""
+    if not workers:
+        return "No workers seen in the last minute.\n"
+    rows = [
+        (
+            w.worker_id,
+            w.host,
+            str(w.pid),
+            _when(w.started),
+            str(w.polls),
+            str(w.errors),
+            _when(w.last_seen),
+        )
+        for w in workers
+    ]
+    headers = ("worker", "host", "pid", "started", "polls", "errors", "last seen")
+    return table.render("Workers (seen in the last minute)", headers, rows, frozenset({2, 4, 5}))
 
 
 @main.command()
@@ -322,13 +344,27 @@ def reload() -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    metavar="P",
+    help="Serve this worker's Prometheus metrics on port P (all interfaces); off by default.",
+)
+def worker(metrics_port: int | None) -> None:
     """Scheduler only; start as many as you like on one Redis."""
     from aggregator import config as config_module
     from aggregator.scheduler import Worker
 
     _logging()
     config = _config()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(metrics_port)
+        except OSError as err:
+            _fail(_escape(f"cannot serve metrics on port {metrics_port}: {err.strerror or err}"))
     with _store(config, wait=True) as store:
         Worker(config_module.from_environ, store, config=config).run()
 

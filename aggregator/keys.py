@@ -20,8 +20,9 @@ key shares a slot only with the keys that must change with it in one step:
   digest of its name. They change together in one single-slot transaction.
 - `host:*:inflight`, `:recent`: tag `h` + a digest of the host. The politeness script reads
   and writes both.
-- `due`, `reload`, `workers`, `worker:*`, the WebSub queues: tag `{agg}`. Small and global: the
-  schedule script claims due sources from one sorted set.
+- `due`, `leases`, `reload`, `workers`, `worker:*`, the WebSub queues: tag `{agg}`. Small
+  and global: the schedule script claims due sources from one sorted set (and keeps each
+  claim's lease beside it, to tell a takeover).
 
 Merged feeds (tags, categories, all) are each one sorted set in their own slot, written
 idempotently after the entries they point at, so serving one reads one slot and then the
@@ -43,6 +44,7 @@ CUT = "cut"  # the value of a `gone` tombstone this version writes
 # Global keys: under `{agg}` on one node and on a cluster alike.
 DUE = PREFIX + "due"  # sorted set: source name → when it is next due (epoch seconds)
 RELOAD = PREFIX + "reload"  # counter: bumped by `aggregator reload`
+LEASES = PREFIX + "leases"  # hash: source name → the due time its last claim set (a lease end)
 
 # WebSub (aggregator/websub.py, aggregator/push.py): queues of the whole fleet.
 WEBSUB_NAMES = PREFIX + "websub:names"  # set: every source with a subscription record
@@ -51,7 +53,7 @@ WEBSUB_PINGED = PREFIX + "websub:pinged"  # hash: index key → the version last
 WEBSUB_PINGS = PREFIX + "websub:pings"  # sorted set: feed URL to ping → when (epoch seconds)
 WEBSUB_PING_TRIES = PREFIX + "websub:ping-tries"  # hash: feed URL → failed pings in a row
 
-# The fleet (aggregator/fleet.py): which workers run, and what each has done.
+# The fleet (aggregator/store/fleet.py): which workers run, and what each has done.
 WORKERS = PREFIX + "workers"  # sorted set: worker id → when it last reported (epoch seconds)
 
 

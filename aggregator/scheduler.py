@@ -19,18 +19,21 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from aggregator import metrics
 from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
 from aggregator.errors import AggregatorError, ConfigError, StorageError
 from aggregator.fetch import Fetcher
 from aggregator.push import Push
-from aggregator.store import Store
+from aggregator.store import Store, WorkerReport
 from aggregator.update import PARSE_MODULES, Clock, Outcome, Updater, use_enough_threads, utcnow
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 PUSH_TICK_SECONDS = 1.0  # WebSub: distributions saved, subscriptions looked after
 MAX_IN_FLIGHT = 64
+REPORT_SECONDS = 5.0  # how often a worker writes its report for `aggregator status`
 
 
 def parse_pool() -> Executor:
@@ -68,6 +72,10 @@ class Worker:
         self.max_in_flight = max_in_flight
         self.clock = clock
         self.polls = 0
+        self.errors = 0  # polls that failed, or were cut short by Redis
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.worker_id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:6]}"
+        self.started = clock()
         self._tasks: set[asyncio.Task[Outcome | None]] = set()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,12 +136,21 @@ class Worker:
             misfire_grace_time=None,
             id="push",
         )
+        scheduler.add_job(
+            self._report,
+            "interval",
+            seconds=REPORT_SECONDS,
+            next_run_time=self.clock(),
+            coalesce=True,
+            id="report",
+        )
         scheduler.start()
         log.info("worker started: %d sources", len(self.config.enabled_sources))
         try:
             await self._stop.wait()
         finally:
             scheduler.shutdown(wait=False)
+            await self._report(stopping=True)
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -180,11 +197,13 @@ class Worker:
             until = now + self.lease
             names = await asyncio.to_thread(self.store.claim_due, now, until, free)
         except StorageError as err:
+            metrics.REDIS_ERRORS.inc()
             if not self._redis_down:
                 log.error("%s; polling waits for Redis", err)
             self._redis_down = True
             return
         except AggregatorError as err:
+            _count(err)
             log.error("tick failed: %s", err)
             return
         if self._redis_down:
@@ -205,7 +224,7 @@ class Worker:
         of polls still under way with a third of their lease left."""
         if self._give_back:
             back = dict(self._give_back)
-            moved = await asyncio.to_thread(self.store.move_leases, back, now)
+            moved = await asyncio.to_thread(self.store.move_leases, back, now, renew=False)
             for name in back:
                 self._give_back.pop(name, None)
             if moved:
@@ -214,7 +233,7 @@ class Worker:
         ending = {n: u for n, u in self._leases.items() if u - now < lease / 3}
         if ending:
             until = now + lease
-            renewed = await asyncio.to_thread(self.store.move_leases, ending, until)
+            renewed = await asyncio.to_thread(self.store.move_leases, ending, until, renew=True)
             for name in renewed:
                 if name in self._leases:  # not finished meanwhile
                     self._leases[name] = until
@@ -234,9 +253,13 @@ class Worker:
             log.warning(
                 "poll %s cut short: %s; it is polled again once Redis answers", source.name, err
             )
+            metrics.REDIS_ERRORS.inc()
+            self.errors += 1
             self._give_back[source.name] = self._leases.get(source.name, lease)
             return None
         except AggregatorError as err:
+            _count(err)
+            self.errors += 1
             log.error("poll %s: %s", source.name, err)
             return None
         except Exception:  # a bug must not kill the worker; it is logged with its traceback
@@ -245,6 +268,7 @@ class Worker:
         finally:
             self._leases.pop(source.name, None)
         self.polls += 1
+        self.errors += not outcome.ok
         if source.websub and push is not None:
             try:
                 await push.after_poll(source, outcome)
@@ -263,6 +287,21 @@ class Worker:
             log.warning("poll %s failed: %s", outcome.source, outcome.error)
         return outcome
 
+    async def _report(self, *, stopping: bool = False) -> None:
+        """Tell the fleet view (`aggregator status`) this worker runs, and what it has done;
+        or, `stopping`, that it is gone."""
+        report = WorkerReport(
+            self.worker_id, self.host, self.pid, self.started, self.polls, self.errors, self.clock()
+        )
+        try:
+            if stopping:
+                await asyncio.to_thread(self.store.forget_worker, self.worker_id)
+            else:
+                await asyncio.to_thread(self.store.report_worker, report)
+        except AggregatorError as err:
+            _count(err)
+            log.warning("cannot report this worker: %s", err)
+
     async def _maybe_reload(self) -> None:
         version = await asyncio.to_thread(self.store.reload_version)
         if version == self._reload_version:
@@ -276,6 +315,11 @@ class Worker:
         assert self._updater is not None and self._updater.executor is not None
         await self._apply(config, self._updater.executor)
         log.info("reloaded %s: %d sources", config.path, len(config.enabled_sources))
+
+
+def _count(err: AggregatorError) -> None:
+    if isinstance(err, StorageError):
+        metrics.REDIS_ERRORS.inc()
 
 
 async def _close_after(fetcher: Fetcher, tasks: list[asyncio.Task[Outcome | None]]) -> None:

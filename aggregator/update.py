@@ -9,6 +9,7 @@ handed in by the caller; the fetches are asynchronous.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
-from aggregator import identity, schedule
+from aggregator import identity, metrics, schedule
 from aggregator.batch import Batcher
 from aggregator.bounded import ParsePool
 from aggregator.config import Config, Source
@@ -192,6 +193,10 @@ class Stored:
     merged: int = 0
     filtered: int = 0
     cut: int = 0
+    # Measured where the work ran (a parse-pool worker) and counted by the polling process,
+    # whose metrics are the ones served: the time, not counting the wait for a free worker.
+    seconds: float = 0.0
+    retries: int = 0  # transactions made again: what they read changed meanwhile
 
 
 def store_changed(store: Store | Address, changed: Changed) -> Stored:
@@ -201,6 +206,7 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
     guids turn out unusable switches to link identity, for good."""
     target = store if isinstance(store, Store) else Store.at(store)
     source, fetched, now = changed.source, changed.fetched, changed.fetched_at
+    started, conflicts = time.perf_counter(), metrics.conflicts()
     try:
         processed = process(
             source,
@@ -243,7 +249,10 @@ def store_changed(store: Store | Address, changed: Changed) -> Stored:
         if target is not store:
             target.forget()  # a bound may have cut a Redis reply short: reconnect next time
         raise
-    return _stored(processed, result, retained)
+    # In this process's own registry too: counted again only from another process.
+    retries = metrics.conflicts() - conflicts if target is not store else 0
+    done = _stored(processed, result, retained)
+    return dataclasses.replace(done, seconds=time.perf_counter() - started, retries=retries)
 
 
 def _stored(processed: Processed, result: SaveResult, retained: Retained) -> Stored:
@@ -318,7 +327,8 @@ class Updater:
         state: dict[str, str | int | float] = {"url": url, "last_poll": now.timestamp()}
 
         def outcome(ok: bool, status: int, **values: Any) -> Outcome:
-            return Outcome(source.name, ok, status, seconds=time.perf_counter() - started, **values)
+            seconds = time.perf_counter() - started
+            return metrics.polled(Outcome(source.name, ok, status, seconds=seconds, **values))
 
         # A document read under an earlier version, or under another filing (filters, tags,
         # category, title), is read whole again: what it lists must be recorded, its entries
@@ -326,7 +336,9 @@ class Updater:
         filing = source.filing_key
         whole = previous.listing != LISTING or previous.filing != filing
         try:
-            fetched = await self.fetcher.fetch(url, NO_VALIDATORS if whole else previous.validators)
+            with metrics.FETCH_SECONDS.time():
+                validators = NO_VALIDATORS if whole else previous.validators
+                fetched = await self.fetcher.fetch(url, validators)
             # The server's new validators are kept only once this answer has been read whole:
             # after a parse failure the next poll must fetch the document again, not get a 304.
             succeeded: dict[str, str | int | float] = {
@@ -381,6 +393,7 @@ class Updater:
                 refilter=previous.filing != filing,
             )
             stored = await self._store_changed(changed)
+            metrics.stored(stored.seconds, stored.retries)
         except SourceError as err:
             return await self._failed(source, err, previous.failures + 1, now, state, slot, outcome)
         finally:

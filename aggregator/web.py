@@ -35,13 +35,12 @@ from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, abort, current_app, g, render_template, request
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import http_date, parse_date, parse_etags
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
-from aggregator import __version__, keys, opml, urls, websub
+from aggregator import __version__, keys, metrics, opml, urls, websub
 from aggregator import config as config_module
 from aggregator import store as store_module
 from aggregator.config import Config
@@ -60,9 +59,6 @@ log = logging.getLogger(__name__)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 MAX_AGE_CAP = 3600  # Cache-Control max-age of a feed: its sources' shortest interval, ≤ 1 h
-
-FEED_REQUESTS = Counter("aggregator_feed_requests", "Feed requests served", ["format", "status"])
-FEED_RENDERS = Counter("aggregator_feed_renders", "Feeds rendered (cache misses)", ["format"])
 
 bp = Blueprint("aggregator", __name__)
 
@@ -309,6 +305,7 @@ def _plain_error(err: HTTPException) -> Response:
 
 
 def _storage_unavailable(err: StorageError) -> Response:
+    metrics.REDIS_ERRORS.inc()
     return Response(
         f"503 Service Unavailable: {err}\n",
         status=503,
@@ -436,13 +433,16 @@ def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
             memo = _memo(kind, name, feed_format, page, limit, now, base)
         else:
             memo = dataclasses.replace(memo, checked=now)
+            metrics.CACHE_HIT.inc()
         found.memos.put(key, memo)
+    else:
+        metrics.CACHE_HIT.inc()
     if _not_modified(memo):
         response = Response(status=304, headers=memo.headers)
         del response.headers["Content-Type"]
     else:
         response = Response(memo.body, headers=memo.headers)
-    FEED_REQUESTS.labels(feed_format, str(response.status_code)).inc()
+    metrics.FEED_REQUESTS.labels(feed_format, str(response.status_code)).inc()
     return response
 
 
@@ -486,7 +486,10 @@ def _memo(
             http_date(modified) if modified else "",
         )
         store.cache_render(kind, name, variant, cached)
-        FEED_RENDERS.labels(fmt).inc()
+        metrics.FEED_RENDERS.labels(fmt).inc()
+        metrics.CACHE_MISS.inc()
+    else:
+        metrics.CACHE_HIT.inc()
     assert cached.body is not None
     headers = {
         "Content-Type": MEDIA_TYPES[fmt],
@@ -628,8 +631,11 @@ def readyz() -> Response:
 
 
 @bp.get("/metrics")
-def metrics() -> Response:
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+def metrics_text() -> Response:
+    """This process's metrics; under gunicorn with PROMETHEUS_MULTIPROC_DIR, every worker's,
+    summed (aggregator/metrics.py)."""
+    body, media_type = metrics.exposition()
+    return Response(body, content_type=media_type)
 
 
 # --- WebSub callback: /websub/<source>/<token> ---------------------------------------------

@@ -9,7 +9,8 @@ guid pointing at the entry, and an alias from each merged source's id to it; ret
 tombstone with a TTL so an entry cut by max_entries and still listed is not stored again.
 
 One room per concern: `base` (connections, errors, the transaction loop), `staged` (writes on
-a cluster), `entries`, `retention`, `schedule`, `hosts`, `cache`, `subscriptions` (WebSub).
+a cluster), `entries`, `retention`, `schedule`, `hosts`, `cache`, `subscriptions` (WebSub),
+`fleet` (the workers' reports).
 Every multi-key write is one MULTI/EXEC transaction guarded by WATCH on the keys it read on one
 Redis, and staged in a crash-safe order on Redis Cluster. Every Redis failure surfaces as
 StorageError.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from aggregator.store.base import DAY, MAX_ATTEMPTS, Address, Lifetimes, connect
 from aggregator.store.cache import Cache, Rendered
 from aggregator.store.entries import Entries, SaveResult
+from aggregator.store.fleet import Fleet, WorkerReport
 from aggregator.store.hosts import HostSlot, HostSlotRequest
 from aggregator.store.retention import Retained, Retention
 from aggregator.store.schedule import Schedule, StateWrite
@@ -45,7 +47,7 @@ from aggregator.store.subscriptions import (
 )
 
 
-class Store(Entries, Retention, Schedule, Cache):
+class Store(Entries, Retention, Schedule, Cache, Fleet):
     """The whole store: every concern's methods on one connection pair."""
 
 
@@ -80,4 +82,5 @@ __all__ = [
     "subscriptions",
     "take_distributions",
     "unlock_subscription",
+    "WorkerReport",
 ]

@@ -25,7 +25,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from aggregator import keys
+from aggregator import keys, metrics
 from aggregator.errors import StorageError
 from aggregator.store.staged import Staged
 
@@ -178,6 +178,7 @@ class StoreBase:
                     try:
                         return self._riding(functools.partial(_apply, attempt, pipe))
                     except redis.WatchError:
+                        metrics.conflicted()
                         # Many sources saving one story at once keep conflicting if they
                         # retry in step: each waits a random while, longer every time.
                         time.sleep(random.uniform(0, min(0.25, 0.002 * 2**tries)))
@@ -197,6 +198,7 @@ class StoreBase:
             except _NODE_ERRORS:
                 if time.monotonic() > deadline:
                     raise
+                metrics.FAILOVER.inc()
             time.sleep(wait)
             wait = min(wait * 2, 1.0)
             for client in (self.client, self.binary):

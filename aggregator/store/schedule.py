@@ -12,25 +12,42 @@ from typing import Any
 
 from redis.commands.core import Script
 
-from aggregator import keys
+from aggregator import keys, metrics
 from aggregator.keys import Layout
 from aggregator.models import SourceState, Validators
 from aggregator.store.base import _dt, _some, _storage_errors, _ts
 from aggregator.store.hosts import Hosts, HostSlot, HostSlotRequest, _queue_release
 
+# A source whose due time is still the lease end its last claim set was claimed and its poll
+# never recorded a due time: the lease ran out unfinished, and this claim takes it over. The
+# lease is kept as ZSCORE writes it, so the comparison is of one string with itself.
 _CLAIM = """
 local names = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-for _, name in ipairs(names) do redis.call('ZADD', KEYS[1], ARGV[2], name) end
-return names
+local taken = 0
+for _, name in ipairs(names) do
+  if redis.call('HGET', KEYS[2], name) == redis.call('ZSCORE', KEYS[1], name) then
+    taken = taken + 1
+  end
+  redis.call('ZADD', KEYS[1], ARGV[2], name)
+  redis.call('HSET', KEYS[2], name, redis.call('ZSCORE', KEYS[1], name))
+end
+return {taken, names}
 """
-# For each (name, lease) pair after ARGV[1]: the source's due time moves to ARGV[1] only where
-# it still is that lease, the due time its claim wrote. Answers the names moved.
+# For each (name, lease) pair after ARGV[2]: the source's due time moves to ARGV[1] only where
+# it still is that lease, the due time its claim wrote. ARGV[2] = '1': a renewal, recorded as
+# the lease in KEYS[2] (so that its running out is a takeover); else the source is given back,
+# and its lease forgotten. Answers the names moved.
 _MOVE_LEASES = """
 local moved = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if due and tonumber(due) == tonumber(ARGV[i + 1]) then
     redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    if ARGV[2] == '1' then
+      redis.call('HSET', KEYS[2], ARGV[i], redis.call('ZSCORE', KEYS[1], ARGV[i]))
+    else
+      redis.call('HDEL', KEYS[2], ARGV[i])
+    end
     table.insert(moved, ARGV[i])
   end
 end
@@ -102,6 +119,7 @@ class Schedule(Hosts):
             gone = present - set(names)
             if gone:
                 pipe.zrem(keys.DUE, *gone)
+                pipe.hdel(keys.LEASES, *gone)
             if names:
                 pipe.zadd(keys.DUE, {n: now.timestamp() for n in names}, nx=True)
             if revived:
@@ -122,26 +140,34 @@ class Schedule(Hosts):
 
     def claim_due(self, now: datetime, lease_until: datetime, limit: int) -> list[str]:
         """Take up to `limit` due sources, moving their due time to `lease_until` in the same
-        step: another worker will not take them, and if this one dies they come due again."""
+        step: another worker will not take them, and if this one dies they come due again
+        (counted as lease takeovers when they are claimed again)."""
         if limit <= 0:
             return []
         with _storage_errors("claiming due sources"):
-            names = self._claim(keys=[keys.DUE], args=[now.timestamp(), _ts(lease_until), limit])
+            taken, names = self._claim(
+                keys=[keys.DUE, keys.LEASES], args=[now.timestamp(), _ts(lease_until), limit]
+            )
+        if taken:
+            metrics.LEASE_TAKEOVERS.inc(int(taken))
         return [str(n) for n in names]
 
-    def move_leases(self, leases: Mapping[str, datetime], to: datetime) -> list[str]:
+    def move_leases(
+        self, leases: Mapping[str, datetime], to: datetime, *, renew: bool
+    ) -> list[str]:
         """For each source → the lease its claim wrote (`claim_due`'s `lease_until`): move
         its due time to `to` where it is still that lease, so the move never undoes a poll
-        that recorded its next due time meanwhile, nor another worker's claim. A later `to`
-        renews the lease of a poll still running; `to` = now gives back a source whose poll
-        Redis cut short. The names moved."""
+        that recorded its next due time meanwhile, nor another worker's claim. `renew`: a
+        later `to` renews the lease of a poll still running (recorded as its lease, see
+        `_CLAIM`); else `to` = now gives back a source whose poll Redis cut short. The names
+        moved."""
         if not leases:
             return []
-        args: list[float | str] = [_ts(to)]
+        args: list[float | str] = [_ts(to), "1" if renew else "0"]
         for name, until in leases.items():
             args += [name, _ts(until)]
         with _storage_errors(f"moving the leases of {_some(leases)}"):
-            moved = self._move_leases(keys=[keys.DUE], args=args)
+            moved = self._move_leases(keys=[keys.DUE, keys.LEASES], args=args)
         return [str(n) for n in moved]
 
     @functools.cached_property
