@@ -28,7 +28,7 @@ from pydantic import (
     ValidationError,
 )
 
-from aggregator import __version__
+from aggregator import __version__, redis_urls
 from aggregator.errors import ConfigError
 from aggregator.models import RetentionRule
 from aggregator.text import xml_text
@@ -88,9 +88,7 @@ def _http_url(value: str) -> str:
 
 
 def _redis_url(value: str) -> str:
-    if not re.match(r"^(redis|rediss|unix|redis\+cluster)://", value):
-        raise ValueError("not a Redis URL (redis://, rediss://, unix:// or redis+cluster://)")
-    return value
+    return redis_urls.check(value)
 
 
 def _name(value: str) -> str:

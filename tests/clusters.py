@@ -239,6 +239,12 @@ class Cluster:
         return f"redis+cluster://127.0.0.1:{self.ports[0]}"
 
     @property
+    def every_node_url(self) -> str:
+        """The URL naming every node, so a process started while one is down still finds
+        the cluster."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    @property
     def live_ports(self) -> list[int]:
         return [port for port in self.ports if port not in self._killed]
 

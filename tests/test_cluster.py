@@ -285,7 +285,7 @@ def test_cluster_rides_through_a_failover(
     """3 masters with a replica each: kill -9 a master while a worker polls and a web process
     serves. /readyz says 503 while its slots are uncovered and 200 once the replica took
     over; the worker goes on; nothing fetched is lost or stored twice."""
-    site = make_site(tmp_path, failover_cluster.url, feed_server, environ)
+    site = make_site(tmp_path, failover_cluster.every_node_url, feed_server, environ)
     try:
         _failover(site, failover_cluster)
     finally:
@@ -308,7 +308,9 @@ def _failover(site: Site, cluster: Any) -> None:
     site.write(sources, settings={"min_interval": "1s"})
     worker = site.start("worker")
     web = site.web()
-    wait_for(lambda: _count(cluster.url) == 90, "the first round stored", process=worker)
+    # Every node named: whichever master is killed, a process started after still connects.
+    url = cluster.every_node_url
+    wait_for(lambda: _count(url) == 90, "the first round stored", process=worker)
 
     for n in range(30):
         site.serve(f"f{n}.xml", feed(n, 5))  # two new items each, fetched around the kill
@@ -328,9 +330,7 @@ def _failover(site: Site, cluster: Any) -> None:
     assert saw_down, f"/readyz never said a slot was uncovered: {seen}"
     assert web.get("/readyz").status == 200, "/readyz not ready after the failover"
     cluster.wait_ok(15)
-    wait_for(
-        lambda: _count(cluster.url) == 150, "every new item stored", process=worker, timeout=60
-    )
+    wait_for(lambda: _count(url) == 150, "every new item stored", process=worker, timeout=60)
     assert worker.poll() is None, "the worker died"
     titles = [i["title"] for i in web.ok("/all.json?limit=200").json()["items"]]
     assert len(titles) == len(set(titles)) == 150

@@ -60,10 +60,11 @@ def readme_section(title: str) -> str:
 
 
 def readme_command(prefix: str) -> list[str]:
-    """The first command in backticks beginning with `prefix` in README.md's Commands table."""
+    """The first command in backticks beginning with `prefix` in README.md's Commands table,
+    without its optional parts (`[--metrics-port P]`)."""
     found = re.findall(r"`(" + re.escape(prefix) + r"[^`]*)`", readme_section("Commands"))
     assert found, f"README.md's Commands table names no `{prefix}…`"
-    return shlex.split(found[0])
+    return shlex.split(re.sub(r"\s*\[[^\]]*\]", "", found[0]))
 
 
 def fleet_lines(mentioning: str) -> list[str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator import config
+from aggregator import config, redis_urls
 from aggregator.errors import ConfigError
 
 
@@ -166,3 +166,31 @@ def test_names_browsers_drop_from_urls_are_refused(name: str) -> None:
     # A path segment "." or "..", percent-encoded or not, is removed by browsers (WHATWG URL).
     found = problems(f"sources: [{{name: a, url: 'https://a.example/', tags: ['{name}']}}]\n")
     assert found == [f"sources[0].tags[0]: {name!r} cannot be a name: browsers drop it from URLs"]
+
+
+@pytest.mark.parametrize(
+    ("url", "first", "others"),
+    [
+        ("redis+cluster://10.0.0.1:7000", "redis://10.0.0.1:7000", ()),
+        ("redis+cluster://a", "redis://a:6379", ()),
+        (
+            "redis+cluster://u:pw@a:7000,b:7001,[::1]:7002/?ssl_cert_reqs=none",
+            "redis://u:pw@a:7000/?ssl_cert_reqs=none",
+            (("b", 7001), ("::1", 7002)),
+        ),
+    ],
+)
+def test_a_cluster_url_names_one_node_or_several(
+    url: str, first: str, others: tuple[tuple[str, int], ...]
+) -> None:
+    assert config.parse(f"settings: {{redis_url: '{url}'}}", Path("f.yaml")).settings.redis_url
+    nodes = redis_urls.cluster(url)
+    assert (nodes.first, nodes.others) == (first, others)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis+cluster://", "redis+cluster://a:7000,,b:7001", "redis+cluster://a:99999", "x://a"],
+)
+def test_a_bad_redis_url_is_refused_by_its_place(url: str) -> None:
+    assert problems(f"settings: {{redis_url: '{url}'}}")[0].startswith("settings.redis_url:")

@@ -30,6 +30,7 @@ from tests.readme_support import (
     stop,
     tech_feed,
     titles,
+    wait_for,
 )
 
 JINGJI_TAG = "经济日报新闻"
@@ -336,7 +337,8 @@ def test_row_settings_per_host(site: Site) -> None:
         site.server.routes[f"/host/{n}.xml"] = quick
     site.write(sources[:5], settings={"per_host": {"per_minute": 3}})
     waiting = site.start("poll")
-    time.sleep(2.5)
+    wait_for(lambda: quick.total >= 3, "three requests made", timeout=30, process=waiting)
+    time.sleep(1.5)  # the other two would have been asked for by now, were they allowed
     assert waiting.poll() is None, "the poll did not wait for the per-minute limit"
     assert quick.total == 3, quick.total
     stop(waiting)

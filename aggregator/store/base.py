@@ -21,11 +21,11 @@ from typing import Any, Self, TypeVar
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from aggregator import keys, metrics
+from aggregator import keys, metrics, redis_urls
 from aggregator.errors import StorageError
 from aggregator.store.staged import Staged
 
@@ -75,12 +75,14 @@ _OPEN: dict[Address, Any] = {}  # `StoreBase.at`: one store per address in each 
 def connect(url: str, *, text: bool = True) -> redis.Redis | RedisCluster:
     """A client for `url`; `redis+cluster://host:port` selects Redis Cluster. `text` clients
     answer str; the others bytes (stored entries are compressed)."""
-    if url.startswith("redis+cluster://"):
-        # A cluster client asks for the slot map as it is made: unreachable, that is a
-        # StorageError like any other Redis failure.
+    if redis_urls.is_cluster(url):
+        # A cluster client asks for the slot map as it is made, of the URL's nodes in turn:
+        # none reachable, that is a StorageError like any other Redis failure.
         with _storage_errors(f"connecting to the cluster at {url}"):
+            nodes = redis_urls.cluster(url)
             return RedisCluster.from_url(
-                "redis://" + url.removeprefix("redis+cluster://"),
+                nodes.first,
+                startup_nodes=[ClusterNode(h, p) for h, p in nodes.others],  # type: ignore[no-untyped-call]
                 decode_responses=text,
                 retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1), CLUSTER_RETRIES),
             )

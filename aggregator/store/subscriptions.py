@@ -173,11 +173,20 @@ def queue_pings(store: Store, feed_urls: Sequence[str], when: datetime) -> None:
         store.client.zadd(keys.WEBSUB_PINGS, dict.fromkeys(feed_urls, _ts(when)), lt=True)
 
 
+# Due pings (KEYS[1]) up to ARGV[1], at most ARGV[3], moved to their lease ARGV[2].
+_CLAIM_PINGS = """
+local urls = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, url in ipairs(urls) do redis.call('ZADD', KEYS[1], ARGV[2], url) end
+return urls
+"""
+
+
 def claim_pings(store: Store, now: datetime, lease_until: datetime, limit: int) -> list[str]:
-    """Take up to `limit` due pings, moving them to `lease_until` (as `claim_due` does)."""
+    """Take up to `limit` due pings, moving them to `lease_until` (as `claim_due` does for
+    sources)."""
     with _storage_errors("claiming WebSub pings"):
-        found = store._claim(
-            keys=[keys.WEBSUB_PINGS], args=[now.timestamp(), lease_until.timestamp(), limit]
+        found = store.client.eval(
+            _CLAIM_PINGS, 1, keys.WEBSUB_PINGS, now.timestamp(), lease_until.timestamp(), limit
         )
     return [str(u) for u in found]
 
