@@ -299,11 +299,13 @@ def _cells(line: str) -> list[str]:
 
 
 def table_rows(stdout: str) -> dict[str, dict[str, str]]:
-    """First-column value → {column: cell}, for every body row of a rich table (a cell that
-    wraps onto more lines keeps its first)."""
+    """First-column value → {column: cell}, for every body row of the first table in
+    `stdout` (a cell that wraps onto more lines keeps its first)."""
     header = table_header(stdout)
     rows: dict[str, dict[str, str]] = {}
     for line in stdout.splitlines():
+        if line.lstrip().startswith("└"):
+            break  # the first table's end: a second one (status's workers) has other columns
         cells = _cells(line)
         if cells and cells[0]:
             rows.setdefault(cells[0], dict(zip(header, cells, strict=False)))

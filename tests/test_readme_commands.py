@@ -70,6 +70,11 @@ def test_row_command_run(site: Site) -> None:
     assert stop(process) == 0
 
 
+def _both_recorded(rows: dict[str, dict[str, str]]) -> dict[str, dict[str, str]] | None:
+    done = all(rows[name]["last poll"] != "-" for name in ("jingjiribao", "tech"))
+    return rows if done else None
+
+
 def test_row_command_worker(site: Site) -> None:
     """`aggregator worker`: the scheduler only; many share one Redis and never poll one
     source twice at once; SIGHUP makes one re-read feeds.yaml."""
@@ -85,7 +90,10 @@ def test_row_command_worker(site: Site) -> None:
     time.sleep(1.5)  # a few more ticks of both workers
     assert len(site.requests_to("jingji.xml")) == 1, site.server.requests
     assert len(site.requests_to("tech.xml")) == 1, site.server.requests
-    rows = site.status()
+    # The requests are made; their polls' records follow (slowly on a busy machine).
+    rows = wait_for(
+        lambda: _both_recorded(site.status()), "both polls recorded", 20, process=workers[0]
+    )
     assert rows["jingjiribao"]["status"] == "200" and rows["tech"]["status"] == "200", rows
 
     extra = site.serve(
