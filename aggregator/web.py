@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
-from flask import Blueprint, Flask, Response, abort, current_app, g, render_template, request
+from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import http_date, parse_date, parse_etags
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -131,7 +131,7 @@ def _fingerprint(config: Config) -> str:
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
-def _services(config: Config, store: Store, version_check: float) -> Services:
+def _new_services(config: Config, store: Store, version_check: float) -> Services:
     return Services(
         config,
         store,
@@ -211,7 +211,7 @@ class Site:
         old = self.services.config
         if config.settings.redis_url != old.settings.redis_url:
             log.warning("settings.redis_url changed in %s: restart to use it", config.path)
-        self.services = _services(config, self.store, self.services.version_check)
+        self.services = _new_services(config, self.store, self.services.version_check)
         log.info("reloaded %s: %d sources", config.path, len(config.sources))
 
 
@@ -222,9 +222,20 @@ def site(app: Flask) -> Site:
 def services() -> Services:
     """This request's services: one configuration from its start to its end, whatever a
     reload does meanwhile."""
-    found = g.get("aggregator_services")
+    return _services(request.environ)
+
+
+# Kept in the WSGI environ, which a feed's view reads anyway: `g` and `current_app`, each a
+# context-variable lookup behind a proxy, showed in a cached feed's profile.
+_SITE = "aggregator.site"
+_SERVICES = "aggregator.services"
+
+
+def _services(environ: WSGIEnvironment) -> Services:
+    found = environ.get(_SERVICES)
     if found is None:
-        found = g.aggregator_services = site(current_app).current()
+        served = environ.get(_SITE) or site(current_app)
+        found = environ[_SERVICES] = served.current()
     return cast(Services, found)
 
 
@@ -247,6 +258,7 @@ class _ForwardedBy:
         self._site = served
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        environ[_SITE] = self._site
         trusted = self._site.services.config.settings.trusted_proxies
         if trusted and _address_in(environ.get("REMOTE_ADDR"), trusted):
             return self._proxied(environ, start_response)
@@ -289,7 +301,7 @@ def create_app(
         store, embedded = open_store(config)
         if embedded is not None:
             atexit.register(embedded.stop)
-    found = Site(_services(config, store, version_check), load_config, reload_check)
+    found = Site(_new_services(config, store, version_check), load_config, reload_check)
     app.extensions["aggregator"] = found
     app.jinja_env.globals["media"] = {f: MEDIA_TYPES[f].split(";")[0] for f in FORMATS}
     app.jinja_env.globals["formats"] = FORMATS
@@ -362,9 +374,9 @@ _paging_kept: dict[str, tuple[int, int]] = {}
 _bases_kept: dict[tuple[object, ...], str] = {}
 
 
-def _paging() -> tuple[int, int]:
+def _paging(environ: WSGIEnvironment) -> tuple[int, int]:
     """This request's (page, limit), or a 400 saying what is wrong with them."""
-    query = request.environ.get("QUERY_STRING")
+    query = environ.get("QUERY_STRING")
     if not query:  # most readers ask for the first page at the default size
         return 1, DEFAULT_LIMIT
     found = _paging_kept.get(query)
@@ -379,14 +391,13 @@ def _paging() -> tuple[int, int]:
 def base_url() -> str:
     """Where links point: settings.public_url, else the scheme, host and port this request
     came to (and the prefix the app is mounted under)."""
-    return _base(services())
+    return _base(services(), request.environ)
 
 
-def _base(found: Services) -> str:
+def _base(found: Services, environ: WSGIEnvironment) -> str:
     configured = found.config.settings.public_url
     if configured:
         return configured.rstrip("/")
-    environ = request.environ
     key = tuple(environ.get(name) for name in _BASE_FROM)
     base = _bases_kept.get(key)
     if base is None:
@@ -429,7 +440,7 @@ def _info(
     return FeedInfo(
         title=title,
         description=description,
-        base_url=_base(services()),
+        base_url=base_url(),
         path=path,
         html_path=html_path,
         hub=settings.websub_hub,
@@ -453,10 +464,12 @@ def _max_age(kind: keys.Kind, name: str) -> int:
     return int(min(shortest, MAX_AGE_CAP))
 
 
-def _feed(found: Services, kind: keys.Kind, name: str, fmt: str) -> Response:
+def _feed(
+    environ: WSGIEnvironment, found: Services, kind: keys.Kind, name: str, fmt: str
+) -> Response:
     feed_format = _format(fmt)
-    page, limit = _paging()
-    base = _base(found)
+    page, limit = _paging(environ)
+    base = _base(found, environ)
     key = (kind, name, feed_format, page, limit, base)
     now = time.monotonic()
     memo = found.memos.get(key)
@@ -472,7 +485,7 @@ def _feed(found: Services, kind: keys.Kind, name: str, fmt: str) -> Response:
         found.memos.put(key, memo)
     else:
         metrics.CACHE_HIT.inc()
-    if _not_modified(memo):
+    if _not_modified(memo, environ):
         response = Response(status=304, headers=memo.headers)
         del response.headers["Content-Type"]
         metrics.feed_answered(feed_format, 304)
@@ -482,12 +495,11 @@ def _feed(found: Services, kind: keys.Kind, name: str, fmt: str) -> Response:
     return response
 
 
-def _not_modified(memo: Memo) -> bool:
+def _not_modified(memo: Memo, environ: WSGIEnvironment) -> bool:
     """RFC 9110 §13.1: If-None-Match (weak comparison) decides when sent; else
     If-Modified-Since against the newest entry. (Werkzeug's make_conditional does this and
     more, at a cost that showed on every cached request.)"""
-    environ = request.environ  # what request.headers reads, without building it
-    tags = environ.get("HTTP_IF_NONE_MATCH")
+    tags = environ.get("HTTP_IF_NONE_MATCH")  # what request.headers reads, without building it
     if tags is not None:
         return parse_etags(tags).contains_weak(memo.etag)
     since = environ.get("HTTP_IF_MODIFIED_SINCE")
@@ -547,7 +559,8 @@ def _memo(
 
 @bp.get("/all.<fmt>")
 def all_feed(fmt: str) -> Response:
-    return _feed(services(), "all", "", fmt)
+    environ = request.environ
+    return _feed(environ, _services(environ), "all", "", fmt)
 
 
 # One rule per folder takes the whole rest of the path: a name may hold dots and slashes, and
@@ -566,8 +579,8 @@ def category_feed_or_page(tail: str) -> Response | str:
 def _named(kind: keys.Kind, prefix: str) -> Response | str:
     """The feed or the page the path names: the first reading of it that names a known tag
     (or category), so a path typed with literal dots still finds its name."""
-    found = services()
     environ = request.environ
+    found = _services(environ)
     readings = _readings(
         prefix,
         environ.get("SCRIPT_NAME"),
@@ -579,7 +592,7 @@ def _named(kind: keys.Kind, prefix: str) -> Response | str:
         if _exists(found, kind, reading.name):
             if reading.fmt is None:
                 return _listing(kind, reading.name)
-            return _feed(found, kind, reading.name, reading.fmt)
+            return _feed(environ, found, kind, reading.name, reading.fmt)
     split = urls.extension(urls.raw_tail(environ, prefix))
     if split is not None and _exists(found, kind, split[0]):
         _format(split[1])  # a known name with an unknown format: say which formats there are
