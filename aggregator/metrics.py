@@ -156,3 +156,15 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+_answered: dict[tuple[str, int], Counter] = {}
+
+
+def feed_answered(fmt: str, status: int) -> None:
+    """A feed request answered: its child of FEED_REQUESTS bound once per format and status
+    (`labels()` on every request showed in the cached feed's profile)."""
+    child = _answered.get((fmt, status))
+    if child is None:
+        child = _answered[(fmt, status)] = FEED_REQUESTS.labels(fmt, str(status))
+    child.inc()

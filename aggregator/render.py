@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from feedgen.feed import FeedGenerator
 from lxml import etree
@@ -97,12 +99,102 @@ def last_modified(entries: Sequence[Entry]) -> datetime | None:
 
 
 def render(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
+    newest = max((updated(e) for e in entries), default=EPOCH)
+    return _assemble(fmt, info, newest, [_entry_bytes(fmt, info, e) for e in entries])
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """One entry as a feed of one format and base URL shows it: its bytes, and the two times
+    the feed's head and Last-Modified are made of."""
+
+    body: bytes
+    updated: datetime  # `updated(entry)`
+    changed: datetime  # max(first_seen, updated): what `last_modified` takes
+
+
+class Fragments:
+    """Rendered entries kept by one process, keyed by the entry's stored bytes (which decide
+    the entry exactly: no hash to collide), the format and the base URL (the only part of a
+    feed's info an entry shows, in its page link); at most `max_bytes` of keys and fragments,
+    least recently used dropped first. A feed rendered again after a poll then decodes and
+    writes only the entries it has not shown before."""
+
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
+        self._max = max_bytes
+        self._size = 0
+        self._items: OrderedDict[tuple[str, str, bytes], Fragment] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get_many(self, keys: Sequence[tuple[str, str, bytes]]) -> list[Fragment | None]:
+        with self._lock:  # once for the whole feed: a lock per entry showed in profiles
+            found = [self._items.get(key) for key in keys]
+            for key, fragment in zip(keys, found, strict=True):
+                if fragment is not None:
+                    self._items.move_to_end(key)
+            return found
+
+    def put_many(self, items: Sequence[tuple[tuple[str, str, bytes], Fragment]]) -> None:
+        with self._lock:
+            for key, fragment in items:
+                old = self._items.pop(key, None)
+                if old is not None:
+                    self._size -= _weight(key, old)
+                self._items[key] = fragment
+                self._size += _weight(key, fragment)
+            while self._size > self._max and self._items:
+                dropped = self._items.popitem(last=False)
+                self._size -= _weight(*dropped)
+
+
+def _weight(key: tuple[str, str, bytes], fragment: Fragment) -> int:
+    return len(key[2]) + len(fragment.body)
+
+
+def render_stored(
+    fmt: Format, info: FeedInfo, stored: Sequence[bytes], fragments: Fragments
+) -> tuple[bytes, datetime | None]:
+    """`render(fmt, info, entries)` and `last_modified(entries)` of the entries stored as
+    `stored` (`Entry.to_stored`), byte for byte, decoding and writing only the entries
+    `fragments` does not hold yet."""
+    keys = [(fmt, info.base, raw) for raw in stored]
+    found = fragments.get_many(keys)
+    made: list[tuple[tuple[str, str, bytes], Fragment]] = []
+    for index, fragment in enumerate(found):
+        if fragment is None:
+            entry = Entry.from_stored(keys[index][2])
+            when = updated(entry)
+            fragment = Fragment(_entry_bytes(fmt, info, entry), when, max(entry.first_seen, when))
+            found[index] = fragment
+            made.append((keys[index], fragment))
+    if made:
+        fragments.put_many(made)
+    shown = cast(list[Fragment], found)
+    newest = max((f.updated for f in shown), default=EPOCH)
+    modified = max((f.changed for f in shown), default=None)
+    return _assemble(fmt, info, newest, [f.body for f in shown]), modified
+
+
+def _entry_bytes(fmt: Format, info: FeedInfo, entry: Entry) -> bytes:
+    """One entry's part of the document. UTF-8 encodes part by part what it encodes whole, so
+    the parts join to the bytes the whole would give."""
     if fmt == "json":
-        return render_json(info, entries)
-    return _render_xml(fmt, info, entries)
+        return _dumps(_json_item(info, entry)).encode("utf-8")
+    parts: list[str] = []
+    (_atom_entry if fmt == "atom" else _rss_item)(parts, entry, info)
+    return "".join(parts).encode("utf-8")
 
 
-def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
+def _assemble(fmt: Format, info: FeedInfo, newest: datetime, parts: Sequence[bytes]) -> bytes:
+    if fmt == "json":
+        return _json_document(info, parts)
+    return _render_xml(fmt, info, newest, parts)
+
+
+def _render_xml(fmt: Format, info: FeedInfo, newest: datetime, parts: Sequence[bytes]) -> bytes:
     fg = FeedGenerator()
     title = _shown(info.title) or UNTITLED
     fg.id(info.url("atom"))
@@ -114,7 +206,6 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
     # RFC 4287 §4.1.1: a feed needs an author unless every entry has one.
     fg.author({"name": title})
     fg.generator(GENERATOR, version=__version__)
-    newest = max((updated(e) for e in entries), default=EPOCH)
     fg.updated(newest)
     fg.lastBuildDate(newest)
     # feedgen writes the feed's head; the entries are written here, as text spliced in
@@ -128,11 +219,7 @@ def _render_xml(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
     end = b"</feed>" if fmt == "atom" else b"</channel></rss>"
     if not head.endswith(end):
         raise AssertionError(f"feedgen's {fmt} head does not end with {end!r}")
-    write = _atom_entry if fmt == "atom" else _rss_item
-    parts: list[str] = []
-    for entry in entries:
-        write(parts, entry, info)
-    return head[: -len(end)] + "".join(parts).encode("utf-8") + end
+    return head[: -len(end)] + b"".join(parts) + end
 
 
 def _paging_links(fmt: Format, info: FeedInfo, root: Any) -> None:
@@ -268,6 +355,16 @@ def _author(author: Author, fmt: Format) -> dict[str, str]:
 
 
 def render_json(info: FeedInfo, entries: Sequence[Entry]) -> bytes:
+    return _json_document(info, [_dumps(_json_item(info, e)).encode("utf-8") for e in entries])
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_document(info: FeedInfo, items: Sequence[bytes]) -> bytes:
+    """The feed object with `items` (each item's JSON) as its last member: what `json.dumps`
+    gives for the whole, since without spaces an array is its items' JSON joined by commas."""
     feed: dict[str, Any] = {
         "version": "https://jsonfeed.org/version/1.1",
         "title": _shown(info.title) or UNTITLED,
@@ -280,8 +377,8 @@ def render_json(info: FeedInfo, entries: Sequence[Entry]) -> bytes:
         feed["next_url"] = info.url("json", info.page + 1)
     if info.hub:
         feed["hubs"] = [{"type": "WebSub", "url": info.hub}]
-    feed["items"] = [_json_item(info, e) for e in entries]
-    return json.dumps(feed, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    head = _dumps(feed).encode("utf-8")
+    return head[:-1] + b',"items":[' + b",".join(items) + b"]}"
 
 
 def _json_item(info: FeedInfo, entry: Entry) -> dict[str, Any]:

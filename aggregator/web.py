@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -34,7 +35,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, cast
 from urllib.parse import quote
 
-from flask import Blueprint, Flask, Response, abort, current_app, g, render_template, request
+from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import http_date, parse_date, parse_etags
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -46,7 +47,7 @@ from aggregator import store as store_module
 from aggregator.config import Config
 from aggregator.errors import ConfigError, StorageError
 from aggregator.export import BACK, HOME_TITLE
-from aggregator.render import FORMATS, MEDIA_TYPES, FeedInfo, Format, last_modified, render
+from aggregator.render import FORMATS, MEDIA_TYPES, FeedInfo, Format, Fragments, render_stored
 from aggregator.services import open_store
 from aggregator.store import Distribution, Rendered, Store
 from aggregator.websub import Subscription
@@ -70,7 +71,7 @@ class Memo:
 
     version: int
     body: bytes
-    headers: dict[str, str]
+    headers: tuple[tuple[str, str], ...]  # pairs: werkzeug's Headers takes them faster than a dict
     checked: float
     etag: str
     modified: datetime | None  # the Last-Modified header's time (whole seconds)
@@ -130,7 +131,7 @@ def _fingerprint(config: Config) -> str:
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
-def _services(config: Config, store: Store, version_check: float) -> Services:
+def _new_services(config: Config, store: Store, version_check: float) -> Services:
     return Services(
         config,
         store,
@@ -153,6 +154,8 @@ class Site:
     ) -> None:
         self.services = services
         self.store = services.store
+        # Rendered entries outlive a reload: they show nothing from feeds.yaml.
+        self.fragments = Fragments()
         self._load_config = load_config
         self._reload_check = reload_check
         self._lock = threading.Lock()
@@ -208,7 +211,7 @@ class Site:
         old = self.services.config
         if config.settings.redis_url != old.settings.redis_url:
             log.warning("settings.redis_url changed in %s: restart to use it", config.path)
-        self.services = _services(config, self.store, self.services.version_check)
+        self.services = _new_services(config, self.store, self.services.version_check)
         log.info("reloaded %s: %d sources", config.path, len(config.sources))
 
 
@@ -219,9 +222,20 @@ def site(app: Flask) -> Site:
 def services() -> Services:
     """This request's services: one configuration from its start to its end, whatever a
     reload does meanwhile."""
-    found = g.get("aggregator_services")
+    return _services(request.environ)
+
+
+# Kept in the WSGI environ, which a feed's view reads anyway: `g` and `current_app`, each a
+# context-variable lookup behind a proxy, showed in a cached feed's profile.
+_SITE = "aggregator.site"
+_SERVICES = "aggregator.services"
+
+
+def _services(environ: WSGIEnvironment) -> Services:
+    found = environ.get(_SERVICES)
     if found is None:
-        found = g.aggregator_services = site(current_app).current()
+        served = environ.get(_SITE) or site(current_app)
+        found = environ[_SERVICES] = served.current()
     return cast(Services, found)
 
 
@@ -244,6 +258,7 @@ class _ForwardedBy:
         self._site = served
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        environ[_SITE] = self._site
         trusted = self._site.services.config.settings.trusted_proxies
         if trusted and _address_in(environ.get("REMOTE_ADDR"), trusted):
             return self._proxied(environ, start_response)
@@ -286,7 +301,7 @@ def create_app(
         store, embedded = open_store(config)
         if embedded is not None:
             atexit.register(embedded.stop)
-    found = Site(_services(config, store, version_check), load_config, reload_check)
+    found = Site(_new_services(config, store, version_check), load_config, reload_check)
     app.extensions["aggregator"] = found
     app.jinja_env.globals["media"] = {f: MEDIA_TYPES[f].split(";")[0] for f in FORMATS}
     app.jinja_env.globals["formats"] = FORMATS
@@ -345,26 +360,59 @@ def _format(fmt: str) -> Format:
     return fmt
 
 
-def _exists(kind: keys.Kind, name: str) -> bool:
+def _exists(found: Services, kind: keys.Kind, name: str) -> bool:
     """A tag or category in feeds.yaml, or one with entries stored (from before a reload)."""
-    found = services()
     names = found.tags if kind == "tag" else found.categories
     return name in names or found.store.count(kind, name) > 0
+
+
+# What werkzeug makes of a request's query string and of its scheme, host and mount point,
+# kept by the environ values they come from: reading them through `request` was most of what
+# a cached feed's view cost. Bounded by clearing: the keys are whatever clients send.
+_KEPT = 1024
+_paging_kept: dict[str, tuple[int, int]] = {}
+_bases_kept: dict[tuple[object, ...], str] = {}
+
+
+def _paging(environ: WSGIEnvironment) -> tuple[int, int]:
+    """This request's (page, limit), or a 400 saying what is wrong with them."""
+    query = environ.get("QUERY_STRING")
+    if not query:  # most readers ask for the first page at the default size
+        return 1, DEFAULT_LIMIT
+    found = _paging_kept.get(query)
+    if found is None:
+        found = _page(), _limit()
+        if len(_paging_kept) >= _KEPT:
+            _paging_kept.clear()
+        _paging_kept[query] = found
+    return found
 
 
 def base_url() -> str:
     """Where links point: settings.public_url, else the scheme, host and port this request
     came to (and the prefix the app is mounted under)."""
-    configured = services().config.settings.public_url
+    return _base(services(), request.environ)
+
+
+def _base(found: Services, environ: WSGIEnvironment) -> str:
+    configured = found.config.settings.public_url
     if configured:
         return configured.rstrip("/")
-    found = g.get("aggregator_base")
-    if found is None:
+    key = tuple(environ.get(name) for name in _BASE_FROM)
+    base = _bases_kept.get(key)
+    if base is None:
         scheme = request.scheme if request.scheme in ("http", "https") else "http"
         # Werkzeug gives "" for a Host header with characters no host name has.
-        host = request.host or _server_host(request.environ)
-        found = g.aggregator_base = f"{scheme}://{host}{quote(request.script_root)}"
-    return cast(str, found)
+        host = request.host or _server_host(environ)
+        base = f"{scheme}://{host}{quote(request.script_root)}"
+        if len(_bases_kept) >= _KEPT:
+            _bases_kept.clear()
+        _bases_kept[key] = base
+    return base
+
+
+# Everything request.scheme, request.host and request.script_root are read from.
+_BASE_FROM = ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME")
 
 
 def _server_host(environ: WSGIEnvironment) -> str:
@@ -416,12 +464,12 @@ def _max_age(kind: keys.Kind, name: str) -> int:
     return int(min(shortest, MAX_AGE_CAP))
 
 
-def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
+def _feed(
+    environ: WSGIEnvironment, found: Services, kind: keys.Kind, name: str, fmt: str
+) -> Response:
     feed_format = _format(fmt)
-    # Most readers ask for the first page at the default size: no query string to parse.
-    page, limit = (_page(), _limit()) if request.query_string else (1, DEFAULT_LIMIT)
-    found = services()
-    base = base_url()
+    page, limit = _paging(environ)
+    base = _base(found, environ)
     key = (kind, name, feed_format, page, limit, base)
     now = time.monotonic()
     memo = found.memos.get(key)
@@ -437,23 +485,24 @@ def _feed(kind: keys.Kind, name: str, fmt: str) -> Response:
         found.memos.put(key, memo)
     else:
         metrics.CACHE_HIT.inc()
-    if _not_modified(memo):
+    if _not_modified(memo, environ):
         response = Response(status=304, headers=memo.headers)
         del response.headers["Content-Type"]
+        metrics.feed_answered(feed_format, 304)
     else:
         response = Response(memo.body, headers=memo.headers)
-    metrics.FEED_REQUESTS.labels(feed_format, str(response.status_code)).inc()
+        metrics.feed_answered(feed_format, 200)
     return response
 
 
-def _not_modified(memo: Memo) -> bool:
+def _not_modified(memo: Memo, environ: WSGIEnvironment) -> bool:
     """RFC 9110 §13.1: If-None-Match (weak comparison) decides when sent; else
     If-Modified-Since against the newest entry. (Werkzeug's make_conditional does this and
     more, at a cost that showed on every cached request.)"""
-    tags = request.headers.get("If-None-Match")
+    tags = environ.get("HTTP_IF_NONE_MATCH")  # what request.headers reads, without building it
     if tags is not None:
         return parse_etags(tags).contains_weak(memo.etag)
-    since = request.headers.get("If-Modified-Since")
+    since = environ.get("HTTP_IF_MODIFIED_SINCE")
     if since is None or memo.modified is None:
         return False
     when = parse_date(since)
@@ -472,12 +521,13 @@ def _memo(
     cached = store.cached_render(kind, name, variant)
     if cached.body is None:
         # One entry more than asked tells whether an older page exists (RFC 5005 "next").
-        found = store.entries(kind, name, limit=limit + 1, offset=(page - 1) * limit)
+        found = store.stored_entries(kind, name, limit=limit + 1, offset=(page - 1) * limit)
         if page > 1 and not found:
             abort(404, f"page {page} is past the end of this feed")
-        entries = found[:limit]
-        body = render(fmt, _info(kind, name, page, len(found) > limit, limit), entries)
-        modified = last_modified(entries)
+        info = _info(kind, name, page, len(found) > limit, limit)
+        # Entries this process rendered before, for this format and base URL, are joined as
+        # they were written; only the others are decoded and written.
+        body, modified = render_stored(fmt, info, found[:limit], site(current_app).fragments)
         cached = Rendered(
             cached.version,
             body,
@@ -504,12 +554,14 @@ def _memo(
         self_url = _info(kind, name, page, limit=limit).url(fmt, page)
         headers["Link"] = f'<{hub}>; rel="hub", <{self_url}>; rel="self"'
     modified = parse_date(cached.last_modified) if cached.last_modified else None
-    return Memo(cached.version, cached.body, headers, now, cached.etag, modified)
+    pairs = tuple(headers.items())
+    return Memo(cached.version, cached.body, pairs, now, cached.etag, modified)
 
 
 @bp.get("/all.<fmt>")
 def all_feed(fmt: str) -> Response:
-    return _feed("all", "", fmt)
+    environ = request.environ
+    return _feed(environ, _services(environ), "all", "", fmt)
 
 
 # One rule per folder takes the whole rest of the path: a name may hold dots and slashes, and
@@ -528,17 +580,40 @@ def category_feed_or_page(tail: str) -> Response | str:
 def _named(kind: keys.Kind, prefix: str) -> Response | str:
     """The feed or the page the path names: the first reading of it that names a known tag
     (or category), so a path typed with literal dots still finds its name."""
-    tail = urls.raw_tail(request.environ, prefix)
-    readings = urls.readings(tail, FORMATS)
+    environ = request.environ
+    found = _services(environ)
+    readings = _readings(
+        prefix,
+        environ.get("SCRIPT_NAME"),
+        environ.get("PATH_INFO"),
+        environ.get("REQUEST_URI"),
+        environ.get("RAW_URI"),
+    )
     for reading in readings:
-        if _exists(kind, reading.name):
+        if _exists(found, kind, reading.name):
             if reading.fmt is None:
                 return _listing(kind, reading.name)
-            return _feed(kind, reading.name, reading.fmt)
-    split = urls.extension(tail)
-    if split is not None and _exists(kind, split[0]):
+            return _feed(environ, found, kind, reading.name, reading.fmt)
+    split = urls.extension(urls.raw_tail(environ, prefix))
+    if split is not None and _exists(found, kind, split[0]):
         _format(split[1])  # a known name with an unknown format: say which formats there are
     abort(404, f"no {kind} named {readings[0].name!r}")
+
+
+@functools.lru_cache(maxsize=_KEPT)
+def _readings(
+    prefix: str, script: object, path: object, request_uri: object, raw_uri: object
+) -> tuple[urls.Reading, ...]:
+    """`urls.readings` of the request path after `prefix`, kept by the environ values it is
+    read from (`urls.raw_tail`): pure, and a cost on every request otherwise."""
+    given = {
+        "SCRIPT_NAME": script,
+        "PATH_INFO": path,
+        "REQUEST_URI": request_uri,
+        "RAW_URI": raw_uri,
+    }
+    environ = {k: v for k, v in given.items() if v is not None}  # as absent as they were
+    return tuple(urls.readings(urls.raw_tail(environ, prefix), FORMATS))
 
 
 @dataclass(frozen=True, slots=True)

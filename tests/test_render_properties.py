@@ -28,7 +28,7 @@ from lxml import etree
 
 from aggregator.models import Author, Enclosure, Entry, Origin
 from aggregator.normalize import plain_text, sanitize
-from aggregator.render import FeedInfo, Format, render
+from aggregator.render import FeedInfo, Format, Fragments, last_modified, render, render_stored
 from aggregator.text import xml_text
 from tests.conftest import SCHEMAS
 
@@ -453,6 +453,31 @@ def test_rendering_is_deterministic(info: FeedInfo, items: list[Entry]) -> None:
         first = rendered(fmt, info, items)
         assert rendered(fmt, info, items) == first
         assert rendered(fmt, info, reloaded) == first
+
+
+@settings(PROPERTY, max_examples=60)
+@given(
+    info=FEED_INFOS, items=ENTRY_LISTS, more=ENTRY_LISTS, size=st.sampled_from([0, 4000, 1 << 20])
+)
+def test_rendering_from_kept_fragments_gives_the_same_bytes(
+    info: FeedInfo, items: list[Entry], more: list[Entry], size: int
+) -> None:
+    """What the web app renders on a miss (`render_stored`: entries as stored, each rendered
+    once per format and base URL and kept) is `render` and `last_modified` of the decoded
+    entries, byte for byte: with nothing kept, with everything kept, with some kept and some
+    new, for another base URL, and with a bound that drops fragments as it goes (0: none kept)."""
+    fragments = Fragments(max_bytes=size)
+    other = dataclasses.replace(info, page=info.page + 1, has_next=not info.has_next)
+    moved = dataclasses.replace(info, base_url="https://elsewhere.example")  # other links
+    for shown in (items, items, more + items, items + more):
+        stored = [e.to_stored() for e in shown]
+        for fmt in ("atom", "rss", "json"):
+            for feed in (info, other, moved):
+                body, modified = render_stored(fmt, feed, stored, fragments)
+                assert body == rendered(fmt, feed, shown)
+                assert modified == last_modified(shown)
+    if size == 0:
+        assert len(fragments) == 0
 
 
 @PROPERTY

@@ -5,7 +5,9 @@ from (one slot on a cluster: the feed's tag), so one round trip tells whether it
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+
+from redis.commands.core import Script
 
 from aggregator import keys
 from aggregator.store.base import DAY, StoreBase, _storage_errors
@@ -22,27 +24,34 @@ class Rendered:
     last_modified: str = ""
 
 
+# The rendering only when it was made from the index's current version: a stale one is as
+# big as a fresh one (hundreds of KB for a long feed), and on a miss it was read only to be
+# dropped. Both keys carry the feed's tag: one slot on a cluster.
+_CURRENT = """
+local version = redis.call('GET', KEYS[1]) or '0'
+local found = redis.call('HMGET', KEYS[2], 'version', 'body', 'etag', 'last_modified')
+if found[1] == version then
+  return {version, found[2], found[3], found[4]}
+end
+return {version}
+"""
+
+
 class Cache(StoreBase):
+    @functools.cached_property
+    def _current(self) -> Script:
+        return self.binary.register_script(_CURRENT)
+
     def cached_render(self, kind: keys.Kind, name: str, variant: str) -> Rendered:
         """The index's current version and, when one was stored for exactly that version,
         the rendered feed. One round trip."""
-
-        def read() -> list[Any]:
-            pipe = self.binary.pipeline(transaction=False)
-            pipe.get(self.keys.version(self.keys.index(kind, name)))
-            pipe.hgetall(self.keys.rendered(kind, name, variant))
-            return list(pipe.execute())
-
+        index = self.keys.index(kind, name)
+        names = [self.keys.version(index), self.keys.rendered(kind, name, variant)]
         with _storage_errors(f"reading the cached {kind} {name}"):
-            version, cached = self._riding(read)
-        version = int(version or 0)
-        if cached and int(cached.get(b"version", -1)) == version:
-            return Rendered(
-                version,
-                cached[b"body"],
-                cached[b"etag"].decode(),
-                cached[b"last_modified"].decode(),
-            )
+            found = self._riding(lambda: self._current(keys=names))
+        version = int(found[0])
+        if len(found) == 4 and found[1] is not None:
+            return Rendered(version, found[1], found[2].decode(), found[3].decode())
         return Rendered(version)
 
     def index_version(self, kind: keys.Kind, name: str = "") -> int:
