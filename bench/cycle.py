@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import os
 import random
 import shutil
 import subprocess
@@ -24,9 +26,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness import BIN, ENTRIES, Bench, Report, Sample, bench, log, py_spy_table, tree_cpu
 
+from aggregator import batch
 from aggregator import config as config_module
 from aggregator.pollers import Pollers, processes_for
 from aggregator.services import open_store
@@ -48,6 +52,11 @@ def main() -> int:
     parser.add_argument(
         "--profile", action="store_true", help="py-spy over the pollers in one more cycle"
     )
+    parser.add_argument(
+        "--batches",
+        action="store_true",
+        help="log how many Redis batches the pollers sent per cycle, and their mean size",
+    )
     args = parser.parse_args()
     n = args.feeds
     changed_n = max(1, round(n * args.changed))
@@ -59,6 +68,9 @@ def main() -> int:
         assert embedded is None and store.address is not None
         sources = list(config.enabled_sources)
         processes = processes_for(len(sources))
+        batches = b.workdir / "batches"
+        if args.batches:
+            count_batches(batches)  # the pollers are forked from here: they inherit it
         with Pollers(config, store.address, processes) as pollers:
 
             def cycle(label: str | None, new: int, fetched: int) -> None:
@@ -69,6 +81,10 @@ def main() -> int:
                 seconds = time.perf_counter() - started
                 cpu = sum(tree_cpu(pid) for pid in pollers.pids) - before
                 check(outcomes, new, fetched)
+                if args.batches:
+                    sizes = batch_sizes(batches)  # read after every cycle: that cycle's only
+                    if label is not None:
+                        log("  batches: " + sizes)
                 if label is not None:
                     report.add(label, Sample(seconds, cpu))
                     work = {k: v - served.get(k, 0) for k, v in redis_work(b).items()}
@@ -101,6 +117,33 @@ def main() -> int:
         store.close()
     report.save(f"cycle-{n}", text)
     return 0
+
+
+def count_batches(folder: Path) -> None:
+    """Have every `Batcher` of this process and its forks append the size of each batch it
+    sends to `folder`/<pid> (one line: the store call and the item count)."""
+    folder.mkdir(exist_ok=True)
+    send = batch.Batcher._run
+
+    async def counted(self: batch.Batcher[Any, Any], items: list[Any]) -> None:
+        with (folder / str(os.getpid())).open("a") as out:
+            out.write(f"{getattr(self._call, '__name__', '?')} {len(items)}\n")
+        await send(self, items)
+
+    batch.Batcher._run = counted  # type: ignore[method-assign]
+
+
+def batch_sizes(folder: Path) -> str:
+    """Batches per store call since the last look (the files are emptied), and mean size."""
+    sizes: dict[str, list[int]] = collections.defaultdict(list)
+    for path in folder.iterdir():
+        for line in path.read_text().splitlines():
+            name, count = line.split()
+            sizes[name].append(int(count))
+        path.write_text("")
+    return ", ".join(
+        f"{name} {len(v):,} of {sum(v) / len(v):.1f}" for name, v in sorted(sizes.items())
+    )
 
 
 def redis_work(b: Bench) -> dict[str, int]:
