@@ -9,13 +9,15 @@ handed in by the caller; the fetches are asynchronous.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +58,9 @@ log = logging.getLogger(__name__)
 
 REDIS_THREADS = 32
 MAX_POLLS = 256  # polls under way at once in one process (`poll_many`)
+# Bytes of fetched documents that may wait for the parse stage in one `poll_many` (see
+# `_Turns`): a poll whose document does not fit waits, holding its turn, for room.
+PARSE_WAITING_BYTES = 64 << 20
 
 Clock = Callable[[], datetime]
 GONE = datetime(9999, 1, 1, tzinfo=UTC)  # the due time of a source that answered 410
@@ -283,6 +288,96 @@ class _Slot:
     open: bool = True  # not given back yet: the gate is held
 
 
+class _Budget:
+    """Bytes that may be taken at once, handed out first come first served. One take larger
+    than the whole budget still goes, alone, so that no document waits forever."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.limit
+
+    async def take(self, size: int) -> None:
+        if not self._waiting and self._fits(size):
+            self.used += size
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((size, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.give(size)  # granted as the waiter was cancelled: pass it on
+            else:
+                self._waiting.remove((size, granted))
+                self._grant()  # it may have been first in line, holding up those behind it
+            raise
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting:
+            first, granted = self._waiting[0]
+            if self._fits(first):
+                self._waiting.popleft()
+                self.used += first
+                granted.set_result(None)
+            else:
+                break
+
+
+class _Turns:
+    """`poll_many`'s bounds: polls under way at once, and bytes of fetched documents waiting
+    for (or in) the parse stage. A poll whose document goes to the parse stage gives up its
+    turn once the document has room there: held while it waits for a busy parse pool, turns
+    would all end up with changed documents, and the polls that need no parse (304s, most
+    of a cycle) would start one at a time as documents are parsed, each then paying a Redis
+    batch of its own instead of sharing one with hundreds."""
+
+    def __init__(self, polls: int, parse_bytes: int = PARSE_WAITING_BYTES) -> None:
+        self.polls = asyncio.Semaphore(polls)
+        self.parsing = _Budget(parse_bytes)
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[_Turn]:
+        await self.polls.acquire()
+        turn = _Turn(self)
+        try:
+            yield turn
+        finally:
+            turn.leave()
+
+
+@dataclass(eq=False, slots=True)
+class _Turn:
+    """One poll's turn among `_Turns.polls`, given back once: when the poll ends, or when it
+    hands its document to the parse stage (`parse`)."""
+
+    turns: _Turns
+    held: bool = True
+
+    def leave(self) -> None:
+        if self.held:
+            self.held = False
+            self.turns.polls.release()
+
+    @contextlib.asynccontextmanager
+    async def parse(self, size: int) -> AsyncIterator[None]:
+        """Wait for `size` bytes of room in the parse stage, then give up the turn; the room
+        is given back when the block ends."""
+        await self.turns.parsing.take(size)
+        try:
+            self.leave()
+            yield
+        finally:
+            self.turns.parsing.give(size)
+
+
 class Updater:
     def __init__(
         self,
@@ -319,6 +414,10 @@ class Updater:
     async def poll(self, source: Source) -> Outcome:
         """Poll one source now and record the result. Never raises for the source's own faults;
         a StorageError (Redis gone) does propagate: nothing could be recorded."""
+        return await self._poll(source, None)
+
+    async def _poll(self, source: Source, turn: _Turn | None) -> Outcome:
+        """`poll`, within `poll_many`'s `turn` (None: alone)."""
         started = time.perf_counter()
         previous, slot = await self._start(source)
         now = self.clock()
@@ -392,7 +491,11 @@ class Updater:
                 listed_at=previous.last_success.timestamp() if previous.last_success else None,
                 refilter=previous.filing != filing,
             )
-            stored = await self._store_changed(changed)
+            if turn is None:
+                stored = await self._store_changed(changed)
+            else:
+                async with turn.parse(len(fetched.body)):
+                    stored = await self._store_changed(changed)
             metrics.stored(stored.seconds, stored.retries)
         except SourceError as err:
             return await self._failed(source, err, previous.failures + 1, now, state, slot, outcome)
@@ -556,11 +659,11 @@ class Updater:
         given. A StorageError propagates once every poll has ended (none is left running)."""
 
         use_enough_threads()
-        running = asyncio.Semaphore(max_polls)
+        turns = _Turns(max_polls, PARSE_WAITING_BYTES)
 
         async def one(source: Source) -> Outcome:
-            async with running:
-                outcome = await self.poll(source)
+            async with turns.turn() as turn:
+                outcome = await self._poll(source, turn)
             if on_done is not None:
                 maybe = on_done(outcome)
                 if maybe is not None:

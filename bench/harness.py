@@ -578,6 +578,7 @@ class Bench:
     redis_pid: int
     nginx_pid: int
     config_path: Path = Path()
+    cluster: Any = None  # tests/clusters.py's Cluster, when the store is one
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
@@ -592,12 +593,47 @@ class Bench:
     def flush(self) -> None:
         import redis
 
+        if self.cluster is not None:
+            self.cluster.flush()
+            return
         with redis.Redis.from_url(self.redis_url) as client:
             client.flushall()
 
+    def rewrite(self, feeds: Sequence[Feed], count: int) -> None:
+        """Write `feeds` anew with `count` entries and a new file time: nginx gives them a
+        new ETag and Last-Modified, so the next poll fetches and saves them."""
+        self.farm.write(feeds, count, mtime=time.time() + next(_REWRITES))
+
+
+_REWRITES = iter(range(1, 1 << 30))  # each rewrite a second later than the one before
+
+
+def redis_cluster(masters: int) -> AbstractContextManager[Any]:
+    """A Redis Cluster of `masters` nodes on free loopback ports, started as the tests start
+    theirs (tests/clusters.py: redis-cli --cluster create)."""
+    sys.path.insert(0, str(REPO))
+    from tests.clusters import Cluster
+
+    @contextmanager
+    def running() -> Iterator[Any]:
+        cluster = Cluster.started(masters=masters)
+        pids = {proc.pid for proc in cluster._processes.values()}
+        SERVERS.update(pids)  # not a command's leftovers
+        try:
+            yield cluster
+        finally:
+            SERVERS.difference_update(pids)
+            cluster.stop()
+
+    return running()
+
 
 @contextmanager
-def bench(feeds: int, keep: bool = False, access_log: bool = False) -> Iterator[Bench]:
+def bench(
+    feeds: int, keep: bool = False, access_log: bool = False, cluster: int = 0
+) -> Iterator[Bench]:
+    """The farm of `feeds` served by nginx, and a private redis-server, or with `cluster`, a
+    Redis Cluster of that many masters."""
     raise_nofile()
     become_subreaper()
     with ExitStack() as stack:
@@ -616,8 +652,13 @@ def bench(feeds: int, keep: bool = False, access_log: bool = False) -> Iterator[
         web = stack.enter_context(
             nginx(farm.root, workdir, nginx_port, workdir / "access.log" if access_log else None)
         )
-        redis_proc = stack.enter_context(redis_server(workdir, redis_port))
-        b = Bench(workdir, farm, f"redis://127.0.0.1:{redis_port}/0", redis_proc.pid, web.pid)
+        if cluster:
+            nodes = stack.enter_context(redis_cluster(cluster))
+            log(f"Redis Cluster: {cluster} masters, ports {nodes.ports}")
+            b = Bench(workdir, farm, nodes.url, 0, web.pid, cluster=nodes)
+        else:
+            redis_proc = stack.enter_context(redis_server(workdir, redis_port))
+            b = Bench(workdir, farm, f"redis://127.0.0.1:{redis_port}/0", redis_proc.pid, web.pid)
         b.configure()
         yield b
 
@@ -736,10 +777,16 @@ def py_spy(target: Sequence[str], env: dict[str, str], out: Path, rate: int = 25
     cmd += ["--output", str(raw), *target]
     with open(out.with_suffix(".log"), "wb") as f:
         subprocess.run(cmd, env=env, stdout=f, stderr=f, check=True)
+    return py_spy_table([raw], rate)
+
+
+def py_spy_table(raws: Sequence[Path], rate: int = 250) -> str:
+    """The table of where the samples of py-spy's raw outputs `raws` fall."""
     inclusive: dict[str, int] = {}
     leaves: dict[str, int] = {}
     total = 0
-    for line in raw.read_text(errors="replace").splitlines():
+    lines = [line for raw in raws for line in raw.read_text(errors="replace").splitlines()]
+    for line in lines:
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue

@@ -17,6 +17,7 @@ over one more run of each of our commands, and `python -X importtime` of the CLI
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 from harness import BIN, ENTRIES, Report, Sample, Target, bench, log, py_spy, timed_command
 
 PEERS = str(Path(__file__).with_name("peers.py"))
+CHANGED_SHARE = 0.1  # of the feeds, rewritten before the "10 % changed" poll
+NEW_PER_CHANGE = 2  # entries a rewritten feed gains
 
 
 def main() -> int:
@@ -33,10 +36,23 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=5, help="runs per repeat of the small ones")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--changed",
+        type=float,
+        default=CHANGED_SHARE,
+        help="share of the feeds rewritten (NEW_PER_CHANGE new entries each) before the "
+        "'ours 10 %% changed' poll; 0 leaves it out",
+    )
+    parser.add_argument("--no-reader", action="store_true", help="leave reader out")
+    parser.add_argument("--no-feedparser", action="store_true", help="leave feedparser out")
+    parser.add_argument(
+        "--cluster", type=int, default=0, help="a Redis Cluster of this many masters"
+    )
     args = parser.parse_args()
     n, py, agg = args.feeds, sys.executable, str(BIN / "aggregator")
-    report = Report(f"`aggregator poll` as a whole command, {n} feeds × {ENTRIES} entries")
-    with bench(n, keep=args.keep) as b:
+    where = f", Redis Cluster of {args.cluster} masters" if args.cluster else ""
+    report = Report(f"`aggregator poll` as a whole command, {n} feeds × {ENTRIES} entries{where}")
+    with bench(n, keep=args.keep, cluster=args.cluster) as b:
         env, out = b.env(), b.workdir / "out.txt"
         urls = b.workdir / "urls.txt"
         urls.write_text("\n".join(b.farm.url(f) for f in b.farm.feeds))
@@ -61,6 +77,7 @@ def main() -> int:
             "floor: python -c pass": ([py, "-c", "pass"], None),
             "floor: python -c 'import aggregator.cli'": ([py, "-c", "import aggregator.cli"], None),
         }
+        changed_n = max(1, round(n * args.changed)) if args.changed > 0 else 0
         for r in range(args.repeat):
             log(f"repeat {r + 1}/{args.repeat}")
             b.flush()
@@ -68,13 +85,28 @@ def main() -> int:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
             reader = [py, PEERS, "reader", str(db), str(urls)]
-            report.add("reader cold", timed_command(reader, env, out, reader_ok))
+            if not args.no_reader:
+                report.add("reader cold", timed_command(reader, env, out, reader_ok))
             fp = [py, PEERS, "feedparser", str(b.farm.root)]
-            report.add(
-                "feedparser alone", timed_command(fp, env, out, lambda t: f"entries {want_fp}" in t)
-            )
+            if not args.no_feedparser:
+                report.add(
+                    "feedparser alone",
+                    timed_command(fp, env, out, lambda t: f"entries {want_fp}" in t),
+                )
             report.add("ours warm", timed_command([agg, "poll"], env, out, polled(0)))
-            report.add("reader warm", timed_command(reader, env, out, reader_ok))
+            if not args.no_reader:
+                report.add("reader warm", timed_command(reader, env, out, reader_ok))
+            if changed_n:
+                # A cycle as most are: a few feeds with a new entry or two, the rest 304.
+                picked = random.Random(f"changed:{r}").sample(b.farm.feeds, changed_n)
+                b.rewrite(picked, ENTRIES + NEW_PER_CHANGE)
+                report.add(
+                    "ours 10 % changed",
+                    timed_command(
+                        [agg, "poll"], env, out, polled_changed(n, changed_n * NEW_PER_CHANGE)
+                    ),
+                )
+                b.rewrite(picked, ENTRIES)  # the farm as it was, for the next repeat
             for key, (cmd, ok) in small.items():
                 for _ in range(args.small):
                     report.add(key, timed_command(cmd, env, out, ok))
@@ -116,10 +148,15 @@ def main() -> int:
             b.flush()
             timed_command([agg, "poll"], env, out)
             profiles = {"cold": [agg, "poll"], "warm": [agg, "poll"]}
+            if changed_n:
+                profiles["10 % changed"] = [agg, "poll"]
             profiles |= {"one source": [agg, "poll", first], "status": [agg, "status"]}
+            picked = random.Random("changed:profile").sample(b.farm.feeds, changed_n)
             for name, cmd in profiles.items():
                 if name == "cold":
                     b.flush()
+                if name == "10 % changed":
+                    b.rewrite(picked, ENTRIES + NEW_PER_CHANGE)
                 log(f"profiling {name}")
                 path = b.workdir / f"profile-{name.replace(' ', '-')}"
                 text += f"\n\n### py-spy: {name}\n\n" + py_spy(["--", *cmd], env, path)
@@ -127,6 +164,11 @@ def main() -> int:
             text += import_times(py, env, b.workdir / "importtime.txt")
     report.save(f"poll-{n}", text)
     return 0
+
+
+def polled_changed(count: int, new: int) -> Callable[[str], bool]:
+    """The summary of a cycle where some feeds changed: every source ok, `new` entries."""
+    return lambda text: f"{count} ok, 0 failed, {new} new entries" in text
 
 
 def explain(config_path: Path, n: int, repeat: int) -> str:
