@@ -209,11 +209,10 @@ def poll(names: tuple[str, ...]) -> None:
         return sum(getattr(o, column) for o in outcomes)
 
     # "new" is what subscribers can see now; what else the documents held is said apart.
-    _out().print(
+    _write(
         f"{len(outcomes) - failed} ok, {failed} failed, {total('new')} new entries, "
         f"{total('merged')} merged, {total('filtered')} filtered, "
-        f"{total('cut')} cut by max_entries",
-        highlight=False,
+        f"{total('cut')} cut by max_entries\n"
     )
     if failed == len(outcomes):
         sys.exit(1)
@@ -224,8 +223,37 @@ _COUNTS = ("entries", "new", "updated", "merged", "filtered", "cut")
 
 
 async def _poll_all(config: Config, store: Store, sources: list[Source]) -> list[Outcome]:
-    """Every source polled once, with a progress bar: in poller processes when there are
-    enough sources to keep more than one core busy (aggregator/pollers.py), else here."""
+    """Every source polled once: in poller processes when there are enough sources to keep
+    more than one core busy (aggregator/pollers.py), else here."""
+    from aggregator.pollers import Pollers, processes_for
+
+    processes = processes_for(len(sources))
+    if processes > 1 and store.address is not None:
+        # Started before the progress bar's thread: with no other thread running, the
+        # pollers are forked from this process, their imports already done.
+        with Pollers(config, store.address, processes) as pollers, _progress(sources) as advance:
+            return await pollers.poll_many(sources, advance)
+    from aggregator.bounded import ParsePool
+    from aggregator.fetch import Fetcher
+    from aggregator.update import PARSE_MODULES, Updater
+
+    # The parse pool starts its processes with the first changed document: a poll whose
+    # documents all answer 304 never starts them. (Not scheduler.parse_pool: importing the
+    # scheduler loads APScheduler and the push stack, a third of a one-source poll's time.)
+    pool = ParsePool(max_workers=os.cpu_count() or 1, preload=PARSE_MODULES)
+    with pool as executor, _progress(sources) as advance:
+        async with Fetcher(config.settings) as fetcher:
+            updater = Updater(config, store, fetcher, executor=executor)
+            return await updater.poll_many(sources, advance)
+
+
+@contextmanager
+def _progress(sources: list[Source]) -> Iterator[Callable[[Outcome], None]]:
+    """A progress bar on a terminal, for more than one source; elsewhere (cron, a pipe) or
+    for one source, nothing: rich's progress costs a short command more than it shows."""
+    if len(sources) < 2 or not sys.stdout.isatty():
+        yield lambda outcome: None
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -234,35 +262,15 @@ async def _poll_all(config: Config, store: Store, sources: list[Source]) -> list
         TimeElapsedColumn,
     )
 
-    from aggregator.pollers import Pollers, processes_for
-
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-
-    @contextmanager
-    def progress() -> Iterator[Callable[[Outcome], None]]:
-        with Progress(*columns, console=_out(), transient=True) as bar:
-            task = bar.add_task("polling", total=len(sources))
-            yield lambda outcome: bar.update(task, advance=1, description=outcome.source)
-
-    processes = processes_for(len(sources))
-    if processes > 1 and store.address is not None:
-        # Started before the progress bar's thread: with no other thread running, the
-        # pollers are forked from this process, their imports already done.
-        with Pollers(config, store.address, processes) as pollers, progress() as advance:
-            return await pollers.poll_many(sources, advance)
-    from aggregator.fetch import Fetcher
-    from aggregator.scheduler import parse_pool
-    from aggregator.update import Updater
-
-    with parse_pool() as executor, progress() as advance:
-        async with Fetcher(config.settings) as fetcher:
-            updater = Updater(config, store, fetcher, executor=executor)
-            return await updater.poll_many(sources, advance)
+    with Progress(*columns, console=_out(), transient=True) as bar:
+        task = bar.add_task("polling", total=len(sources))
+        yield lambda outcome: bar.update(task, advance=1, description=outcome.source)
 
 
 def _when(value: datetime | None) -> str:
@@ -276,9 +284,13 @@ def status() -> None:
     with _store(config) as store:
         states = store.source_states([s.name for s in config.sources])
         workers = store.workers_seen(datetime.now(UTC))
-        from aggregator import push
+        # websub decides the notes from the stored records: the push stack (HTTP client,
+        # updater) is not status's to load.
+        from aggregator import store as store_module
+        from aggregator import websub
 
-        pushes = push.status_notes(config, store)
+        records = store_module.subscriptions(store, [s.name for s in config.sources])
+        pushes = websub.status_notes(config, records)
     rows = []
     for source, state in zip(config.sources, states, strict=True):
         notes = []
