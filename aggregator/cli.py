@@ -312,7 +312,11 @@ def status() -> None:
         from aggregator import store as store_module
         from aggregator import websub
 
-        records = store_module.subscriptions(store, [s.name for s in config.sources])
+        # Only the sources that want push or have a record (most have neither): a thousand
+        # empty reads cost redis-py more than the notes are worth.
+        recorded = set(store_module.subscribed_names(store))
+        names = [s.name for s in config.sources if s.websub or s.name in recorded]
+        records = dict(zip(names, store_module.subscriptions(store, names), strict=True))
         pushes = websub.status_notes(config, records)
     rows = []
     for source, state in zip(config.sources, states, strict=True):

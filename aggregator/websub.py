@@ -429,14 +429,16 @@ def signature(secret: str, body: bytes, method: str = "sha256") -> str:
 # --- status ----------------------------------------------------------------------------------
 
 
-def status_notes(config: Config, records: Sequence[Mapping[str, str]]) -> dict[str, str]:
-    """What `aggregator status` says of each source's push (source name → note), from each
-    source's subscription record as the store keeps it ({} for none)."""
+def status_notes(config: Config, records: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """What `aggregator status` says of each source's push (source name → note), from the
+    subscription records as the store keeps them (source name → record; none for a source
+    without one)."""
     reachable = config.settings.public_url is not None
     notes = {}
-    for source, raw in zip(config.sources, records, strict=True):
+    for source in config.sources:
         wanted = source.enabled and source.websub
-        text = note(Subscription.from_fields(raw), wanted, reachable, config.interval(source))
+        sub = Subscription.from_fields(records.get(source.name, {}))
+        text = note(sub, wanted, reachable, config.interval(source))
         if text:
             notes[source.name] = text
     return notes
