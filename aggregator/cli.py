@@ -6,7 +6,9 @@ or `status` should not pay for the HTTP client, the parse pool, the scheduler an
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import itertools
 import os
 import sys
@@ -95,6 +97,11 @@ def _store(config: Config, *, wait: bool = False) -> Iterator[Store]:
                 _fail(str(err))
             problem = str(err)
         _wait_for_redis(problem, attempt)
+    # The imports are done (see _Commands.invoke). Their objects live as long as the process:
+    # frozen, no collection walks them again (the first one after gc.enable() would walk every
+    # one of them, 25 ms of `status`), and forked pollers share their pages (gc.freeze's docs).
+    gc.freeze()
+    gc.enable()
     try:
         yield store
     finally:
@@ -127,6 +134,14 @@ def _logging(*, debug: bool = False) -> None:
         logging.getLogger("aggregator").setLevel(logging.DEBUG)
 
 
+@functools.cache
+def _freeze_at_exit() -> None:
+    """At exit, the interpreter's own collections over every object the imports made took
+    50 ms of a short command (a sixth of `aggregator status`): frozen first (gc.freeze), they
+    are skipped. Nothing is lost: the process's memory goes back to the system as it ends."""
+    atexit.register(gc.freeze)
+
+
 class _Commands(click.Group):
     """The command group: a failure this package names (Redis out of reach, a file it cannot
     write) ends the command with one line on stderr and exit 1, never a traceback; the
@@ -135,6 +150,12 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from aggregator.errors import AggregatorError
 
+        # Importing a command's stack (pydantic, redis-py) and reading feeds.yaml make a few
+        # hundred thousand objects and no garbage: the cyclic collector's passes over them
+        # were about 5 % of `aggregator status`. It runs again once the store is open
+        # (`_store`), before any polling or serving, or when the command ends.
+        gc.disable()
+        _freeze_at_exit()
         try:
             return super().invoke(ctx)
         except AggregatorError as err:
@@ -142,6 +163,8 @@ class _Commands(click.Group):
 
             logging.getLogger(__name__).debug("%s failed", ctx.invoked_subcommand, exc_info=True)
             _fail(_escape(str(err)))
+        finally:
+            gc.enable()
 
 
 @click.group(cls=_Commands)
@@ -209,11 +232,10 @@ def poll(names: tuple[str, ...]) -> None:
         return sum(getattr(o, column) for o in outcomes)
 
     # "new" is what subscribers can see now; what else the documents held is said apart.
-    _out().print(
+    _write(
         f"{len(outcomes) - failed} ok, {failed} failed, {total('new')} new entries, "
         f"{total('merged')} merged, {total('filtered')} filtered, "
-        f"{total('cut')} cut by max_entries",
-        highlight=False,
+        f"{total('cut')} cut by max_entries\n"
     )
     if failed == len(outcomes):
         sys.exit(1)
@@ -224,8 +246,37 @@ _COUNTS = ("entries", "new", "updated", "merged", "filtered", "cut")
 
 
 async def _poll_all(config: Config, store: Store, sources: list[Source]) -> list[Outcome]:
-    """Every source polled once, with a progress bar: in poller processes when there are
-    enough sources to keep more than one core busy (aggregator/pollers.py), else here."""
+    """Every source polled once: in poller processes when there are enough sources to keep
+    more than one core busy (aggregator/pollers.py), else here."""
+    from aggregator.pollers import Pollers, processes_for
+
+    processes = processes_for(len(sources))
+    if processes > 1 and store.address is not None:
+        # Started before the progress bar's thread: with no other thread running, the
+        # pollers are forked from this process, their imports already done.
+        with Pollers(config, store.address, processes) as pollers, _progress(sources) as advance:
+            return await pollers.poll_many(sources, advance)
+    from aggregator.bounded import ParsePool
+    from aggregator.fetch import Fetcher
+    from aggregator.update import PARSE_MODULES, Updater
+
+    # The parse pool starts its processes with the first changed document: a poll whose
+    # documents all answer 304 never starts them. (Not scheduler.parse_pool: importing the
+    # scheduler loads APScheduler and the push stack, a third of a one-source poll's time.)
+    pool = ParsePool(max_workers=os.cpu_count() or 1, preload=PARSE_MODULES)
+    with pool as executor, _progress(sources) as advance:
+        async with Fetcher(config.settings) as fetcher:
+            updater = Updater(config, store, fetcher, executor=executor)
+            return await updater.poll_many(sources, advance)
+
+
+@contextmanager
+def _progress(sources: list[Source]) -> Iterator[Callable[[Outcome], None]]:
+    """A progress bar on a terminal, for more than one source; elsewhere (cron, a pipe) or
+    for one source, nothing: rich's progress costs a short command more than it shows."""
+    if len(sources) < 2 or not sys.stdout.isatty():
+        yield lambda outcome: None
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -234,35 +285,15 @@ async def _poll_all(config: Config, store: Store, sources: list[Source]) -> list
         TimeElapsedColumn,
     )
 
-    from aggregator.pollers import Pollers, processes_for
-
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-
-    @contextmanager
-    def progress() -> Iterator[Callable[[Outcome], None]]:
-        with Progress(*columns, console=_out(), transient=True) as bar:
-            task = bar.add_task("polling", total=len(sources))
-            yield lambda outcome: bar.update(task, advance=1, description=outcome.source)
-
-    processes = processes_for(len(sources))
-    if processes > 1 and store.address is not None:
-        # Started before the progress bar's thread: with no other thread running, the
-        # pollers are forked from this process, their imports already done.
-        with Pollers(config, store.address, processes) as pollers, progress() as advance:
-            return await pollers.poll_many(sources, advance)
-    from aggregator.fetch import Fetcher
-    from aggregator.scheduler import parse_pool
-    from aggregator.update import Updater
-
-    with parse_pool() as executor, progress() as advance:
-        async with Fetcher(config.settings) as fetcher:
-            updater = Updater(config, store, fetcher, executor=executor)
-            return await updater.poll_many(sources, advance)
+    with Progress(*columns, console=_out(), transient=True) as bar:
+        task = bar.add_task("polling", total=len(sources))
+        yield lambda outcome: bar.update(task, advance=1, description=outcome.source)
 
 
 def _when(value: datetime | None) -> str:
@@ -276,9 +307,17 @@ def status() -> None:
     with _store(config) as store:
         states = store.source_states([s.name for s in config.sources])
         workers = store.workers_seen(datetime.now(UTC))
-        from aggregator import push
+        # websub decides the notes from the stored records: the push stack (HTTP client,
+        # updater) is not status's to load.
+        from aggregator import store as store_module
+        from aggregator import websub
 
-        pushes = push.status_notes(config, store)
+        # Only the sources that want push or have a record (most have neither): a thousand
+        # empty reads cost redis-py more than the notes are worth.
+        recorded = set(store_module.subscribed_names(store))
+        names = [s.name for s in config.sources if s.websub or s.name in recorded]
+        records = dict(zip(names, store_module.subscriptions(store, names), strict=True))
+        pushes = websub.status_notes(config, records)
     rows = []
     for source, state in zip(config.sources, states, strict=True):
         notes = []

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import regex
 import yaml
 from pydantic import (
     AfterValidator,
@@ -114,6 +113,10 @@ def _label(value: str) -> str:
 
 def _pattern(value: str) -> str:
     if value.startswith("re:"):
+        # Imported for the patterns that need it: most files have none, and every command
+        # that reads feeds.yaml would pay for the import.
+        import regex
+
         try:
             regex.compile(value[3:])
         except regex.error as err:

@@ -384,19 +384,3 @@ def _if_same(
         return change(current)
 
     return apply
-
-
-def status_notes(config: Config, store: Store) -> dict[str, str]:
-    """What `aggregator status` says of each source's push: source name → note."""
-    names = [s.name for s in config.sources]
-    records = store_module.subscriptions(store, names)
-    reachable = config.settings.public_url is not None
-    notes = {}
-    for source, raw in zip(config.sources, records, strict=True):
-        wanted = source.enabled and source.websub
-        text = websub.note(
-            Subscription.from_fields(raw), wanted, reachable, config.interval(source)
-        )
-        if text:
-            notes[source.name] = text
-    return notes

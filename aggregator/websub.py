@@ -16,10 +16,13 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urljoin
 
 from aggregator import keys, urls
+
+if TYPE_CHECKING:
+    from aggregator.config import Config
 
 LEASE_REQUESTED = 10 * 86400  # seconds asked for in hub.lease_seconds (§5.1); the hub decides
 MAX_LEASE = 366 * 86400  # a longer grant is read as this: renewal is never put off for years
@@ -424,6 +427,21 @@ def signature(secret: str, body: bytes, method: str = "sha256") -> str:
 
 
 # --- status ----------------------------------------------------------------------------------
+
+
+def status_notes(config: Config, records: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """What `aggregator status` says of each source's push (source name → note), from the
+    subscription records as the store keeps them (source name → record; none for a source
+    without one)."""
+    reachable = config.settings.public_url is not None
+    notes = {}
+    for source in config.sources:
+        wanted = source.enabled and source.websub
+        sub = Subscription.from_fields(records.get(source.name, {}))
+        text = note(sub, wanted, reachable, config.interval(source))
+        if text:
+            notes[source.name] = text
+    return notes
 
 
 def note(sub: Subscription | None, wanted: bool, reachable: bool, interval: float) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.commands.core import Script
 
-from aggregator import keys, metrics
+from aggregator import keys
 from aggregator.keys import Layout
 from aggregator.models import SourceState, Validators
 from aggregator.store.base import _dt, _some, _storage_errors, _ts
@@ -89,13 +89,18 @@ class Schedule(Hosts):
         """Each source's state, with `stored` counting the entries of it stored now."""
         with _storage_errors("reading source states"):
             pipe = self.client.pipeline(transaction=False)
+            # Every due time in one reply rather than a ZSCORE per source: `aggregator status`
+            # reads a thousand sources, and each command costs redis-py as much to send as
+            # to read.
+            pipe.zrange(keys.DUE, 0, -1, withscores=True)
             for name in names:
-                _queue_state_read(self.keys, pipe, name)
+                pipe.hgetall(self.keys.source(name))
                 pipe.zcard(self.keys.source_entries(name))
-            replies = pipe.execute()
+            due, *replies = pipe.execute()
+        due_at: dict[str, float] = dict(due)
         return [
-            dataclasses.replace(_state(name, replies[3 * i], replies[3 * i + 1]), stored=count)
-            for i, (name, count) in enumerate(zip(names, replies[2::3], strict=True))
+            dataclasses.replace(_state(name, state, due_at.get(name)), stored=count)
+            for name, state, count in zip(names, replies[::2], replies[1::2], strict=True)
         ]
 
     def previous_guids(self, source: str) -> dict[str, str]:
@@ -149,6 +154,10 @@ class Schedule(Hosts):
                 keys=[keys.DUE, keys.LEASES], args=[now.timestamp(), _ts(lease_until), limit]
             )
         if taken:
+            # Imported where counted: prometheus_client is a worker's, not every command's
+            # (`aggregator status` reads the store and serves no metrics).
+            from aggregator import metrics
+
             metrics.LEASE_TAKEOVERS.inc(int(taken))
         return [str(n) for n in names]
 
