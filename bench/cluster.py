@@ -5,8 +5,9 @@ answered by the running service, cached and on a miss.
 
 One farm of `--categories` feeds (nginx), each source in a category of its own and all under
 the tag `wide`; `aggregator poll` (the whole command) stores them on a private redis-server
-and, with the same feeds.yaml, on a private 3-master Redis Cluster (tests/clusters.py starts
-it: `redis-server --cluster-enabled yes` ×3 joined by `redis-cli --cluster create`). Each gets
+and, with the same feeds.yaml, on a private 3-master Redis Cluster (`harness.redis_cluster`,
+started as the tests start theirs: `redis-server --cluster-enabled yes` ×3 joined by
+`redis-cli --cluster create`; it needs redis-tools and the test extra). Each gets
 its own `gunicorn 'aggregator.web:create_app()'` (gthread, 2 × 8). Per repeat, interleaved:
 wrk on `/tags/wide.atom` (cached: requests/s), then `--misses` single requests each after the
 tag's index version was bumped in Redis and the web processes' one-second memo had lapsed (a
@@ -21,24 +22,21 @@ import statistics
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import yaml
 from harness import (
     BIN,
-    SERVERS,
     Report,
     Sample,
     Target,
     bench,
     free_port,
     log,
+    redis_cluster,
     timed_command,
     tree_cpu,
 )
 from serve import gunicorn, wrk
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PATH = "/tags/wide.atom"
 
@@ -62,7 +60,6 @@ def main() -> int:
 
     from aggregator import keys
     from aggregator.store import Store
-    from tests.clusters import Cluster
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--categories", type=int, default=100)
@@ -75,11 +72,7 @@ def main() -> int:
     report = Report(f"A tag over {args.categories} categories, served: one Redis and a cluster")
     with ExitStack() as stack:
         b = stack.enter_context(bench(args.categories, keep=args.keep))
-        cluster = Cluster.started(masters=3)
-        stack.callback(cluster.stop)
-        nodes = {process.pid for process in cluster._processes.values()}
-        SERVERS.update(nodes)  # long-lived, not a command's leftovers
-        stack.callback(SERVERS.difference_update, nodes)
+        cluster = stack.enter_context(redis_cluster(3))
         path = b.configure()
         data = yaml.safe_load(path.read_text("utf-8"))
         for n, source in enumerate(data["sources"]):
