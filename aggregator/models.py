@@ -12,6 +12,7 @@ import hashlib
 import json
 import threading
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -327,6 +328,19 @@ def _loads(raw: str | bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:  # a lone surrogate escaped by json (_dumps)
         return json.loads(raw)
+
+
+def guids_to_stored(guids: Mapping[str, str]) -> bytes:
+    """A source's link → guid memory as kept in Redis: one Zstandard frame of its JSON object.
+    As a hash it cost 184 bytes an entry (links longer than 64 bytes make Redis keep a hash
+    table of separate strings); compressed, the links' shared prefixes cost almost nothing
+    (bench/MEMORY.md). Only a poll of that source reads it, whole."""
+    return zstandard.ZstdCompressor(level=3).compress(_dumps(dict(guids)))
+
+
+def guids_from_stored(raw: bytes) -> dict[str, str]:
+    data: dict[str, str] = _loads(zstandard.ZstdDecompressor().decompress(raw))
+    return data
 
 
 class _Zstd:
