@@ -5,9 +5,10 @@ with (`Entry.to_stored`, marker 0x03).
 
 It is raw content, not a trained dictionary: the stored form (`Entry.stored_fields`) of every
 entry of the test fixtures (tests/data/feeds and tests/data/readme: English and Chinese, RSS
-1 and 2, Atom, JSON Feed), normalized as a poll would, filed under two categories. With 42
-samples zstd's trainer does worse than the samples themselves (bench/MEMORY.md). It is NOT
-built from the benchmark's generated farm, whose small vocabulary would flatter the figure.
+1 and 2, Atom, JSON Feed), normalized as a poll would, filed under two categories. Given the
+42 of tests/data/feeds, zstd's trainer did worse than the samples themselves (bench/MEMORY.md).
+It is NOT built from the benchmark's generated farm, whose small vocabulary would flatter the
+figure.
 
 The file is part of the stored format: entries written with it read only with the same bytes.
 Never rebuild it in place; a new dictionary goes to a new file behind a new marker byte.
