@@ -133,8 +133,8 @@ class Layout:
         return self._key("s" + _digest(name), f"source:{name}:listed")
 
     def source_guids(self, name: str) -> str:
-        """Hash: link → guid of the source's entries at its last poll (to spot churning
-        guids)."""
+        """String: link → guid of the source's entries at its last poll (to spot churning
+        guids), `models.guids_to_stored`; a hash of the same before that."""
         return self._key("s" + _digest(name), f"source:{name}:guids")
 
     def websub(self, name: str) -> str:

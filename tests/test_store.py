@@ -367,6 +367,26 @@ def test_previous_guids_reads_each_sources_own(store: Store) -> None:
     ]
 
 
+def test_guid_memory_is_one_compressed_string_and_the_old_hash_still_reads(store: Store) -> None:
+    links = {
+        f"https://a.example/2024/story-{n}.html": f"https://a.example/?p={n}" for n in range(20)
+    }
+    store.save_poll("a", [], {}, T0, guids=links)
+    key = keys.source_guids("a")
+    assert store.binary.type(key) == b"string"
+    assert len(store.binary.get(key) or b"") < len(str(links)) / 3
+    assert store.previous_guids("a") == links
+    # What earlier versions wrote: a hash, read as it is and replaced by the next poll.
+    store.binary.delete(key)
+    store.binary.hset(key, mapping={"https://a.example/old": "g-old"})
+    assert store.previous_guids("a") == {"https://a.example/old": "g-old"}
+    store.save_poll("a", [], {}, T0, guids=links)
+    assert store.binary.type(key) == b"string"
+    assert store.previous_guids("a") == links
+    store.save_poll("a", [], {}, T0, guids={})
+    assert store.previous_guids("a") == {}
+
+
 # --- host slots ------------------------------------------------------------------------------
 
 
@@ -687,11 +707,16 @@ def test_ping_true_when_reachable(store: Store) -> None:
 
 
 def test_entries_are_stored_compressed_and_plain_json_still_reads(store: Store) -> None:
-    from aggregator.models import ZSTD_MARK
+    import zstandard
+
+    from aggregator.models import DICT_MARK, ZSTD_MARK
 
     e = make_entry("z", content="<p>" + "经济日报 " * 200 + "</p>")
     store.save_poll("src", [e], STATE, None)
     blob = store.binary.get(keys.entry("z"))
-    assert isinstance(blob, bytes) and blob[:1] == ZSTD_MARK  # the codec: tests/test_stored.py
+    assert isinstance(blob, bytes) and blob[:1] == DICT_MARK  # the codec: tests/test_stored.py
     store.binary.set(keys.entry("z"), e.to_json().encode())  # as written before compression
+    assert store.entry("z") == e
+    as_zstd = ZSTD_MARK + zstandard.ZstdCompressor(level=1).compress(e.to_json_bytes())
+    store.binary.set(keys.entry("z"), as_zstd)  # as written before the dictionary
     assert store.entry("z") == e

@@ -18,7 +18,7 @@ from typing import Any
 from aggregator import keys
 from aggregator.identity import dedup_keys
 from aggregator.keys import Layout
-from aggregator.models import Entry, Origin, entry_digest
+from aggregator.models import Entry, Origin, entry_digest, guids_to_stored
 from aggregator.store.base import StoreBase, _storage_errors, _text, _ts
 from aggregator.store.schedule import _queue_state
 
@@ -298,9 +298,11 @@ class _SavePlan:
         self._queue_listing(previously, listed_at)
         _queue_state(self.k, pipe, self.source, state, next_due, len(new_ids))
         if guids is not None:
-            pipe.delete(self.k.source_guids(self.source))
+            # SET replaces the hash earlier versions kept there, in the same step.
             if guids:
-                pipe.hset(self.k.source_guids(self.source), mapping=dict(guids))
+                pipe.set(self.k.source_guids(self.source), guids_to_stored(guids))
+            else:
+                pipe.delete(self.k.source_guids(self.source))
         return SaveResult(len(new_ids), updated, merged, cut, tuple(new_ids))
 
     def _queue_listing(self, previously: Sequence[str], listed_at: float | None) -> None:

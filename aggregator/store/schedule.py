@@ -10,11 +10,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from redis.commands.core import Script
 
 from aggregator import keys
 from aggregator.keys import Layout
-from aggregator.models import SourceState, Validators
+from aggregator.models import SourceState, Validators, guids_from_stored
 from aggregator.store.base import _dt, _some, _storage_errors, _ts
 from aggregator.store.hosts import Hosts, HostSlot, HostSlotRequest, _queue_release
 
@@ -105,9 +106,14 @@ class Schedule(Hosts):
 
     def previous_guids(self, source: str) -> dict[str, str]:
         """link → guid of the source's entries at its last full poll."""
+        key = self.keys.source_guids(source)
         with _storage_errors(f"reading the guids of {source}"):
-            reply = self.client.hgetall(self.keys.source_guids(source))
-        return {str(k): str(v) for k, v in reply.items()}
+            try:
+                raw = self.binary.get(key)
+            except redis.ResponseError:  # WRONGTYPE: a hash, as earlier versions kept it
+                reply = self.client.hgetall(key)
+                return {str(k): str(v) for k, v in reply.items()}
+        return guids_from_stored(raw) if isinstance(raw, bytes) and raw else {}
 
     # --- scheduling -----------------------------------------------------------------------
 
