@@ -15,7 +15,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,11 @@ from typing import Any
 import pytest
 import redis
 
-from aggregator import config as config_module
-from aggregator.scheduler import Worker
 from aggregator.store import Store
 from tests.conftest import ConfigWriter, FeedServer, Route
 from tests.processes import free_port, redis_server_path, wait_until_answering
 from tests.readme_support import Item, hours_ago, make_site, rss, stop, wait_for
+from tests.test_worker import running
 
 
 class OwnRedis:
@@ -189,26 +187,12 @@ def test_a_poll_longer_than_its_lease_keeps_it(
         [{"name": "slow", "url": feed_server.url("slow.xml"), "interval": "1h"}],
         settings={"timeout": "20s"},
     )
-    executor = ThreadPoolExecutor(2)
-    workers = [
-        Worker(config_module.from_environ, store, executor=executor, tick=0.1, lease=2)
-        for _ in range(2)
-    ]
-    threads = [threading.Thread(target=w.run, kwargs={"handle_signals": False}) for w in workers]
-    for thread in threads:
-        thread.start()
-    try:
+    with running(store, count=2, lease=2) as workers:
         deadline = time.monotonic() + 20
         while not store.source_states(["slow"])[0].last_poll:
             assert time.monotonic() < deadline, "the slow source was never polled"
             time.sleep(0.1)
         time.sleep(1)  # a second claim would have started by now
-    finally:
-        for w in workers:
-            w.stop()
-        for thread in threads:
-            thread.join(20)
-        executor.shutdown()
     assert most["slow"] == 1, f"{most['slow']} polls of one source at once"
     assert sum(w.polls for w in workers) == 1
     assert store.source_states(["slow"])[0].entries > 0

@@ -16,10 +16,13 @@ from tests.conftest import ConfigWriter, FeedServer, Route
 
 
 @contextmanager
-def running(store: Store, count: int = 1) -> Iterator[list[Worker]]:
+def running(store: Store, count: int = 1, lease: float | None = None) -> Iterator[list[Worker]]:
+    """`count` workers in threads of this process, ticking every 0.1 s (`lease`: seconds a
+    claim holds a source before it is renewed or lapses)."""
     executor = ThreadPoolExecutor(2)
     workers = [
-        Worker(config_module.from_environ, store, executor=executor, tick=0.1) for _ in range(count)
+        Worker(config_module.from_environ, store, executor=executor, tick=0.1, lease=lease)
+        for _ in range(count)
     ]
     threads = [threading.Thread(target=w.run, kwargs={"handle_signals": False}) for w in workers]
     for thread in threads:
