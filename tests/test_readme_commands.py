@@ -191,6 +191,48 @@ def test_row_command_poll(site: Site) -> None:
     assert SUMMARY.match(failed_all.summary) and failed_all.summary.startswith("0 ok, 2 failed")
 
 
+def test_row_command_poll_draws_its_progress_bar_on_a_terminal(site: Site) -> None:
+    """`aggregator poll` on a terminal draws a progress bar (rich's, erased at the end) before
+    its table; into a pipe (cron) it prints the table and summary alone."""
+    import os
+    import pty
+    import subprocess
+
+    site.write(standard_sources(site))
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "aggregator", "poll"],
+            env={**site.env, "COLUMNS": "120", "TERM": "xterm"},
+            stdin=subprocess.DEVNULL,
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            cwd=site.root,
+            timeout=60,
+        )
+        os.close(follower)
+        follower = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end closed: all is read
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    assert done.returncode == 0, done.stderr
+    text = seen.decode("utf-8", "replace")
+    assert re.search(r"\d+/2", text), text[:2000]  # the bar's "done/total" column
+    assert "2 ok, 0 failed" in text, text[-2000:]
+    piped = site.poll()
+    assert not re.search(r"\d+/2", piped.stdout) and "\x1b[" not in piped.stdout, piped.stdout
+
+
 def test_row_command_check(site: Site) -> None:
     """`aggregator check`: exit 1 listing every problem by its place; 0 on a good file."""
     site.path.write_text(
