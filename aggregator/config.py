@@ -258,16 +258,19 @@ class Config:
     data_dir: Path
     # name → source: a worker looks up every source it claims (a thousand a round).
     _by_name: Mapping[str, Source] = field(init=False, repr=False, compare=False)
+    # A worker's WebSub tick reads them every second: made once, not a thousand checks a tick.
+    _enabled: tuple[Source, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {s.name: s for s in self.sources})
+        object.__setattr__(self, "_enabled", tuple(s for s in self.sources if s.enabled))
 
     def source(self, name: str) -> Source:
         return self._by_name[name]
 
     @property
     def enabled_sources(self) -> tuple[Source, ...]:
-        return tuple(s for s in self.sources if s.enabled)
+        return self._enabled
 
     def interval(self, source: Source) -> float:
         """The source's interval, never below the politeness floor `min_interval`."""

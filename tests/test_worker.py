@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -9,7 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+import pytest
+
 from aggregator import config as config_module
+from aggregator import keys
 from aggregator.scheduler import Worker
 from aggregator.store import Store
 from tests.conftest import ConfigWriter, FeedServer, Route
@@ -131,3 +135,23 @@ def test_a_gone_source_whose_url_changes_is_scheduled_again(
     (state,) = store.source_states(["moved"])
     assert not state.gone and state.status == 200
     assert state.next_due is not None and state.next_due.year < 9999
+
+
+def test_an_unchanged_document_is_logged_at_debug_a_changed_one_at_info(
+    write_config: ConfigWriter,
+    feed_server: FeedServer,
+    store: Store,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    write_config.write([{"name": "tech", "url": feed_server.url("rss2.xml"), "interval": "1h"}])
+    caplog.set_level(logging.DEBUG, logger="aggregator.scheduler")
+    with running(store):
+        eventually(lambda: store.source_states(["tech"])[0].status == 200)
+        store.client.zadd(keys.DUE, {"tech": 0})  # due again at once: the answer is a 304
+        eventually(lambda: store.source_states(["tech"])[0].status == 304)
+        eventually(lambda: any("HTTP 304" in r.getMessage() for r in caplog.records))
+    polls = [(r.levelname, r.getMessage()) for r in caplog.records if "poll tech" in r.getMessage()]
+    assert polls == [
+        ("INFO", "poll tech: HTTP 200, 3 entries, 3 new, 0 updated"),
+        ("DEBUG", "poll tech: HTTP 304, 3 entries, 0 new, 0 updated"),
+    ]

@@ -19,9 +19,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, Self, TypeVar
 
+import hiredis
 import redis
+from redis._parsers.encoders import Encoder
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import PythonRespSerializer
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
@@ -89,7 +92,39 @@ def connect(url: str, *, text: bool = True) -> redis.Redis | RedisCluster:
                 decode_responses=text,
                 retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1), CLUSTER_RETRIES),
             )
-    return redis.Redis.from_url(url, decode_responses=text, health_check_interval=30)
+    return redis.Redis.from_url(
+        url, decode_responses=text, health_check_interval=30, command_packer=_PACKER
+    )
+
+
+class _Packer:
+    """Commands into RESP by hiredis alone. redis-py's own packer (HiredisRespSerializer)
+    first encodes every argument in Python, which was half of what a worker's poll cost in
+    redis-py (about 60 of 130 µs); hiredis packs str (UTF-8, as redis-py does), int and float
+    (written as `repr` writes them, as redis-py does) and memoryview itself. What it refuses
+    (bytearray; bool, None or another type) goes to redis-py's packer, which encodes it or
+    raises its own DataError, as before."""
+
+    def __init__(self, fallback: PythonRespSerializer) -> None:
+        self._fallback = fallback
+
+    def pack(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        # A command named in two words ("SCRIPT LOAD") is sent as two arguments.
+        if isinstance(name, str):
+            if " " in name:
+                args = (*name.split(), *args[1:])
+        elif b" " in name:
+            args = (*name.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            return list(self._fallback.pack(*args))  # type: ignore[no-untyped-call]
+
+
+# redis-py's defaults: its buffer cutoff, and UTF-8 (strict) for every client here.
+_ENCODER = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]
+_PACKER = _Packer(PythonRespSerializer(6000, _ENCODER.encode))
 
 
 def _text(value: bytes | str | None) -> str | None:
