@@ -156,12 +156,12 @@ def test_cluster_serves_what_one_node_serves(site: Site, cluster_site: Site) -> 
 
     status = [s.status() for s in (site, cluster_site)]
     for name in (s["name"] for s in sources):
-        # entries in the document and stored now: the same counts
+        # Entries in the document: the same counts. (Not "stored": which of two sources
+        # bringing one story keeps it when max_entries cuts between copies dated alike depends
+        # on which saved first, as the feeds above show the same entries either way.)
         one_row, cluster_row = status[0][name], status[1][name]
-        assert (one_row["entries"], one_row["stored"]) == (
-            cluster_row["entries"],
-            cluster_row["stored"],
-        ), (one_row, cluster_row)
+        assert one_row["entries"] == cluster_row["entries"], (one_row, cluster_row)
+        assert one_row["stored"] != "-" and cluster_row["stored"] != "-", (one_row, cluster_row)
 
     exports = []
     for s in (site, cluster_site):
