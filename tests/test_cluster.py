@@ -17,6 +17,7 @@ from urllib.parse import quote
 import pytest
 from redis.cluster import RedisCluster
 
+from aggregator import keys
 from aggregator.store import Store
 from aggregator.store.staged import Staged
 from tests.conftest import FeedServer
@@ -364,7 +365,6 @@ def test_redis_errors_name_the_cluster(cluster_site: Site) -> None:
 def test_staged_index_writes_of_thousands_of_entries(cluster: Any) -> None:
     """A feed listing thousands of entries: its index additions and removals fit the scripts
     that apply them (Lua's unpack takes at most a few thousand values at once)."""
-    from aggregator import keys
 
     client = RedisCluster.from_url(cluster.url.replace("redis+cluster", "redis"))
     index = keys.CLUSTER.index("tag", "a feed of thousands")
@@ -383,4 +383,25 @@ def test_staged_index_writes_of_thousands_of_entries(cluster: Any) -> None:
         assert client.zcard(index) == 1_000
         assert int(client.get(keys.Layout.version(index)) or 0) > version
     finally:
+        client.close()
+
+
+def test_a_claim_left_in_flight_by_a_crash_is_renewed_by_its_owner(cluster: Any) -> None:
+    """A write claiming a story whose claim it already holds in flight (a crashed write of the
+    same entry took it) renews the in-flight time: the claim cannot lapse before this write
+    settles it, which would let another source store a second copy meanwhile."""
+    from aggregator.store import staged
+
+    client = RedisCluster.from_url(cluster.url.replace("redis+cluster", "redis"))
+    key = keys.CLUSTER.canon("https://wire.example.org/crashed")
+    try:
+        client.set(key, "entry-a", px=300)  # what the crashed write left: about to lapse
+        assert client.eval(staged._CLAIM_NEW, 1, key, "entry-a", staged.IN_FLIGHT_MS) == 1
+        assert client.pttl(key) > 1000
+        assert client.eval(staged._CLAIM_NEW, 1, key, "entry-b", staged.IN_FLIGHT_MS) == 0
+        client.persist(key)  # settled: an owner's claim stays settled
+        assert client.eval(staged._CLAIM_NEW, 1, key, "entry-a", staged.IN_FLIGHT_MS) == 1
+        assert client.pttl(key) == -1
+    finally:
+        client.delete(key)
         client.close()

@@ -49,9 +49,14 @@ elseif ARGV[1] ~= '' then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
+# A claim already ours and still in flight (a crashed write of this entry took it) gets a new
+# in-flight time: else it could lapse between this write's claim and its settling, and another
+# source claim the story meanwhile and store a second copy.
 _CLAIM_NEW = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return redis.call('GET', KEYS[1]) == ARGV[1] and 1 or 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('PTTL', KEYS[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
 """
 _CLAIM_TAKEOVER = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('PTTL', KEYS[1]) ~= -1 then return 0 end
