@@ -214,7 +214,6 @@ class Worker:
             self._redis_down = True
             return
         except AggregatorError as err:
-            _count(err)
             log.error("tick failed: %s", err)
             return
         if self._redis_down:
@@ -285,7 +284,6 @@ class Worker:
             self._give_back[source.name] = self._leases.get(source.name, lease)
             return None
         except AggregatorError as err:
-            _count(err)
             self.errors += 1
             log.error("poll %s: %s", source.name, err)
             return None
@@ -331,7 +329,8 @@ class Worker:
             else:
                 await asyncio.to_thread(self.store.report_worker, report)
         except AggregatorError as err:
-            _count(err)
+            if isinstance(err, StorageError):
+                metrics.REDIS_ERRORS.inc()
             log.warning("cannot report this worker: %s", err)
 
     async def _reload(self, version: int | None) -> None:
@@ -357,11 +356,6 @@ class _Claim:
     back: dict[str, datetime]  # cut short by Redis → its lease: due again now
     ending: dict[str, datetime]  # under way → its lease, ending: renewed to `until`
     free: int  # how many it may claim
-
-
-def _count(err: AggregatorError) -> None:
-    if isinstance(err, StorageError):
-        metrics.REDIS_ERRORS.inc()
 
 
 async def _close_after(fetcher: Fetcher, tasks: list[asyncio.Task[Outcome | None]]) -> None:

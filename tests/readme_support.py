@@ -485,6 +485,21 @@ def wait_for(
         time.sleep(0.1)
 
 
+def gunicorn_command(port: int) -> list[str]:
+    """The README's production web command with two workers on `port`, as tests start it."""
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "--no-control-socket",
+        "aggregator.web:create_app()",
+    ]
+
+
 def _log_tail(process: subprocess.Popen[bytes]) -> str:
     log = _LOGS.get(process.pid)
     return log.read_text(encoding="utf-8", errors="replace")[-3000:] if log else ""

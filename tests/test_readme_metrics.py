@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +14,16 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
-from tests.readme_support import Site, Web, fetch, standard_sources, stop, table_rows, wait_for
+from tests.readme_support import (
+    Site,
+    Web,
+    fetch,
+    gunicorn_command,
+    standard_sources,
+    stop,
+    table_rows,
+    wait_for,
+)
 
 FLEET_TITLE = "Workers (seen in the last minute)"
 
@@ -142,15 +150,7 @@ def test_gunicorn_workers_summed(site: Site, tmp_path: Path) -> None:
     multiproc.mkdir()
     port = free_port()
     web = site.web(
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "--no-control-socket",
-        "aggregator.web:create_app()",
+        *gunicorn_command(port),
         env={**site.env, "PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
         port=port,
     )

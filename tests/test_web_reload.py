@@ -22,6 +22,7 @@ from aggregator import config as config_module
 from aggregator.store import Store
 from aggregator.web import create_app
 from tests.conftest import ConfigWriter, FeedServer, free_port
+from tests.readme_support import gunicorn_command
 from tests.weblinks import ATOM, eventually, http_get, page, serving, wait_for
 
 NEW_TAG = "新标签"
@@ -153,17 +154,7 @@ def test_reload_reaches_every_gunicorn_worker(
     first(write_config, url)
     env = env_of(write_config, environ)
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "--no-control-socket",
-        "aggregator.web:create_app()",
-    ]
+    command = gunicorn_command(port)
     with (tmp_path / "gunicorn.log").open("wb") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
