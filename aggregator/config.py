@@ -12,25 +12,19 @@ import hashlib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-)
-
-from aggregator import __version__, redis_urls
+from aggregator import __version__, config_cache, redis_urls
 from aggregator.errors import ConfigError
 from aggregator.models import RetentionRule
 from aggregator.text import xml_text
+
+if TYPE_CHECKING:
+    from pydantic import TypeAdapter
 
 ENV_CONFIG = "AGGREGATOR_CONFIG"
 ENV_REDIS_URL = "AGGREGATOR_REDIS_URL"
@@ -135,45 +129,76 @@ def _network(value: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         ) from err
 
 
-def _not_built(reason: str) -> Any:
-    """A validator refusing a key of a feature not built yet, whatever its value, saying so
-    (DESIGN.md: a setting the config accepts has effect)."""
+class _Check:
+    """An option's own check, run by pydantic before its type is checked (a duration's text
+    becomes seconds) or after. A marker rather than pydantic's validators, so that the classes
+    below are plain dataclasses: a configuration read from `config_cache` imports no pydantic."""
 
-    def refuse(value: Any) -> Any:
-        raise ValueError(f"not supported yet: {reason}")
+    __slots__ = ("check", "before")
 
-    return BeforeValidator(refuse)
+    def __init__(self, check: Callable[[Any], Any], *, before: bool = False) -> None:
+        self.check = check
+        self.before = before
 
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-Label = Annotated[str, AfterValidator(_label)]
-Pattern = Annotated[str, AfterValidator(_pattern)]
-Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+        inner = handler(source)
+        if self.before:
+            return core_schema.no_info_before_validator_function(self.check, inner)
+        return core_schema.no_info_after_validator_function(self.check, inner)
 
 
-class Retention(_Frozen):
-    max_entries: int = Field(1000, gt=0)
+class _AtLeast:
+    """An integer option's lower bound, checked (and worded) as pydantic's own `ge`."""
+
+    __slots__ = ("least",)
+
+    def __init__(self, least: int) -> None:
+        self.least = least
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.int_schema(ge=self.least)
+
+
+Duration = Annotated[float, _Check(parse_duration, before=True)]
+Size = Annotated[int, _Check(parse_size, before=True)]
+HttpUrl = Annotated[str, _Check(_http_url)]
+Label = Annotated[str, _Check(_label)]
+Pattern = Annotated[str, _Check(_pattern)]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, _Check(_network, before=True)]
+Positive = Annotated[int, _AtLeast(1)]
+Count = Annotated[int, _AtLeast(0)]
+
+# Unknown keys are refused (a misspelt option would otherwise do nothing, silently).
+_STRICT: Any = {"extra": "forbid"}
+
+
+@dataclass(frozen=True)
+class Retention:
+    __pydantic_config__: ClassVar[Any] = _STRICT
+    max_entries: Positive = 1000
     max_age: Duration = 90 * 86400.0
-    keep_per_source: int = Field(50, ge=0)
+    keep_per_source: Count = 50
 
     @property
     def rule(self) -> RetentionRule:
         return RetentionRule(self.max_entries, self.max_age, self.keep_per_source)
 
 
-class PerHost(_Frozen):
-    concurrency: int = Field(2, gt=0)
-    per_minute: int = Field(30, gt=0)
+@dataclass(frozen=True)
+class PerHost:
+    __pydantic_config__: ClassVar[Any] = _STRICT
+    concurrency: Positive = 2
+    per_minute: Positive = 30
 
 
-class Settings(_Frozen):
-    redis_url: Annotated[str, AfterValidator(_redis_url)] | None = None
+@dataclass(frozen=True)
+class Settings:
+    __pydantic_config__: ClassVar[Any] = _STRICT
+    redis_url: Annotated[str, _Check(_redis_url)] | None = None
     data_dir: str = ".aggregator"
     # None: links are built from each request's own scheme, host and port (web.py).
     public_url: HttpUrl | None = None
@@ -182,8 +207,8 @@ class Settings(_Frozen):
     timeout: Duration = 20.0
     max_bytes: Size = 10 * 1000**2
     user_agent: str = ""
-    retention: Retention = Field(default_factory=Retention)
-    per_host: PerHost = Field(default_factory=PerHost)
+    retention: Retention = field(default_factory=Retention)
+    per_host: PerHost = field(default_factory=PerHost)
     block_private_addresses: bool = False
     # Proxies whose X-Forwarded-Proto, -Host and -Port are believed (web.py).
     trusted_proxies: tuple[Network, ...] = ()
@@ -200,8 +225,10 @@ class Settings(_Frozen):
         return f"aggregator/{__version__}"
 
 
-class Source(_Frozen):
-    name: Annotated[str, AfterValidator(_name)]
+@dataclass(frozen=True)
+class Source:
+    __pydantic_config__: ClassVar[Any] = _STRICT
+    name: Annotated[str, _Check(_name)]
     url: HttpUrl
     category: Label | None = None
     tags: tuple[Label, ...] = ()
@@ -234,16 +261,34 @@ class Source(_Frozen):
         return hashlib.blake2b(blob.encode("utf-8"), digest_size=8).hexdigest()
 
 
-class Meta(_Frozen):
+@dataclass(frozen=True)
+class Meta:
+    __pydantic_config__: ClassVar[Any] = _STRICT
     title: str | None = None
     description: str | None = None
 
 
-class _File(_Frozen):
-    settings: Settings = Field(default_factory=Settings)
+@dataclass(frozen=True)
+class _File:
+    __pydantic_config__: ClassVar[Any] = _STRICT
+    settings: Settings = field(default_factory=Settings)
     sources: tuple[Source, ...] = ()
-    categories: dict[Label, Meta] = {}
-    tags: dict[Label, Meta] = {}
+    categories: dict[Label, Meta] = field(default_factory=dict)
+    tags: dict[Label, Meta] = field(default_factory=dict)
+
+
+_checkers: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _checker(kind: type[Any]) -> TypeAdapter[Any]:
+    """pydantic's validator for one of the classes above, built on first use: only a
+    configuration that is not in `config_cache` pays pydantic's import."""
+    found = _checkers.get(kind)
+    if found is None:
+        from pydantic import TypeAdapter
+
+        found = _checkers[kind] = TypeAdapter(kind)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,9 +350,9 @@ def _place(loc: tuple[int | str, ...]) -> str:
 
 
 def _message(error: Any) -> str:
-    if error["type"] == "extra_forbidden":
+    if error["type"] in {"extra_forbidden", "unexpected_keyword_argument"}:
         return "unknown key"
-    if error["type"] == "missing":
+    if error["type"] in {"missing", "missing_argument"}:
         return "required"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
@@ -340,44 +385,62 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-# libyaml's safe loader reads a feeds.yaml of 1,000 sources in 0.15 s, the pure-Python one in
-# 0.36 s: that is most of what `aggregator status` takes.
-_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def _read_yaml(text: str) -> Any:
+    """libyaml's safe loader when PyYAML has it (a feeds.yaml of 1,000 sources in 0.15 s, the
+    pure-Python one in 0.36 s); ConfigError with the place of a syntax error."""
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError:
-        # The pure-Python loader says where and what more precisely: ask it for the error.
-        return yaml.safe_load(text)
+        try:
+            return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+        except yaml.YAMLError:
+            # The pure-Python loader says where and what more precisely: ask it for the error.
+            return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError([f"{where}: not valid YAML: {problem}"], "") from err
+
+
+def _validate(kind: type[Any], raw: Any) -> tuple[Any, list[str]]:
+    """`raw` checked into `kind`, or None and every problem pydantic found, by place."""
+    from pydantic import ValidationError
+
+    try:
+        return _checker(kind).validate_python(raw), []
+    except ValidationError as err:
+        return None, [f"{_place(e['loc'])}: {_message(e)}" for e in err.errors()]
+
+
+def check_source(values: Mapping[str, Any]) -> Source:
+    """One source as feeds.yaml would list it, checked; ValueError naming every problem."""
+    source, problems = _validate(Source, dict(values))
+    if problems:
+        raise ValueError("; ".join(problems))
+    assert isinstance(source, Source)
+    return source
 
 
 def parse(text: str, path: Path, redis_url: str | None = None) -> Config:
     """Validate the text of a feeds.yaml; raise ConfigError listing every problem."""
     try:
         raw = _read_yaml(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError([f"{where}: not valid YAML: {problem}"], str(path)) from err
+    except ConfigError as err:
+        raise ConfigError(err.problems, str(path)) from err.__cause__
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): must be a mapping with settings and sources"], str(path))
     problems = _cross_checks(raw)
-    try:
-        data = _File.model_validate(raw)
-    except ValidationError as err:
-        problems[:0] = [f"{_place(e['loc'])}: {_message(e)}" for e in err.errors()]
-        raise ConfigError(problems, str(path)) from err
-    if problems:
-        raise ConfigError(problems, str(path))
+    data, invalid = _validate(_File, raw)
+    if invalid or problems:
+        raise ConfigError(invalid + problems, str(path))
+    assert isinstance(data, _File)
     settings = data.settings
     if redis_url:
         try:
-            settings = settings.model_copy(update={"redis_url": _redis_url(redis_url)})
+            settings = replace(settings, redis_url=_redis_url(redis_url))
         except ValueError as err:
             raise ConfigError([f"{ENV_REDIS_URL}: {err}"], str(path)) from err
     data_dir = Path(settings.data_dir)
@@ -393,14 +456,30 @@ def parse(text: str, path: Path, redis_url: str | None = None) -> Config:
     )
 
 
-def load(path: Path, redis_url: str | None = None) -> Config:
+# What a kept configuration depends on besides the file: the code that checks it.
+_CHECKED_BY = (__file__, redis_urls.__file__, sys.modules[RetentionRule.__module__].__file__ or "")
+
+
+def load(path: Path, redis_url: str | None = None, cache_dir: Path | None = None) -> Config:
+    """The configuration in `path`; with `cache_dir`, kept there once checked and read back
+    while the file, `redis_url` and the checking code are unchanged (`config_cache`)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        blob = path.read_bytes()
     except OSError as err:
         raise ConfigError([f"cannot read the file: {err.strerror or err}"], str(path)) from err
+    key = config_cache.Key(str(path), redis_url or "", blob, _CHECKED_BY)
+    if cache_dir is not None:
+        kept = config_cache.read(cache_dir, key)
+        if isinstance(kept, Config):
+            return kept
+    try:
+        text = blob.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ConfigError([f"not UTF-8 text: {err}"], str(path)) from err
-    return parse(text, path, redis_url)
+    config = parse(text, path, redis_url)
+    if cache_dir is not None:
+        config_cache.write(cache_dir, key, config)
+    return config
 
 
 def config_path(environ: Mapping[str, str]) -> Path:
@@ -409,6 +488,11 @@ def config_path(environ: Mapping[str, str]) -> Path:
 
 def from_environ(path: Path | None = None) -> Config:
     """Load the configuration the environment points at. The one reader of `os.environ`:
-    `AGGREGATOR_CONFIG` names the file, `AGGREGATOR_REDIS_URL` wins over `settings.redis_url`."""
+    `AGGREGATOR_CONFIG` names the file, `AGGREGATOR_REDIS_URL` wins over `settings.redis_url`,
+    and the checked configuration is kept under `XDG_CACHE_HOME` (`config_cache`)."""
     environ = os.environ
-    return load(path or config_path(environ), environ.get(ENV_REDIS_URL) or None)
+    return load(
+        path or config_path(environ),
+        environ.get(ENV_REDIS_URL) or None,
+        config_cache.directory(environ),
+    )

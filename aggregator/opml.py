@@ -31,7 +31,6 @@ from urllib.parse import urlsplit, urlunsplit
 from xml.parsers import expat
 
 import yaml
-from pydantic import ValidationError
 
 from aggregator import config as config_module
 from aggregator.config import Config, Source
@@ -307,13 +306,9 @@ def to_sources(outlines: Sequence[FeedOutline], existing: Sequence[Source] = ())
         if outline.title:
             entry["title"] = outline.title
         try:
-            Source.model_validate(entry)
-        except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {str(e['msg']).removeprefix('Value error, ')}"
-                for e in err.errors()
-            )
-            refused.append(f"{label}: {problems}")
+            config_module.check_source(entry)
+        except ValueError as err:
+            refused.append(f"{label}: {err}")
             continue
         taken.add(entry["name"])
         listed[key] = entry["name"]
@@ -433,7 +428,7 @@ def merge(text: str, path: Path, sources: Sequence[Mapping[str, str]]) -> str:
         new = config_module.parse(merged, path)
     except ConfigError as err:
         raise OpmlError(f"adding the sources would make {path} invalid: {err}") from err
-    expected = old.sources + tuple(Source.model_validate(dict(s)) for s in sources)
+    expected = old.sources + tuple(config_module.check_source(s) for s in sources)
     if (
         new.sources != expected
         or new.settings != old.settings

@@ -123,8 +123,8 @@ def _fingerprint(config: Config) -> str:
     shown = {
         "public_url": config.settings.public_url,
         "hub": config.settings.websub_hub,
-        "tags": {k: v.model_dump() for k, v in config.tags.items()},
-        "categories": {k: v.model_dump() for k, v in config.categories.items()},
+        "tags": {k: dataclasses.asdict(v) for k, v in config.tags.items()},
+        "categories": {k: dataclasses.asdict(v) for k, v in config.categories.items()},
         "version": __version__,
     }
     blob = json.dumps(shown, sort_keys=True, ensure_ascii=False).encode("utf-8")

@@ -37,6 +37,21 @@ FEEDS = DATA / "feeds"
 SCHEMAS = Path(__file__).parent / "schemas"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def config_cache_home() -> Iterator[Path]:
+    """The checked feeds.yaml files that commands keep (aggregator/config_cache.py) go to a
+    folder of the session's, for this process and every command it starts, not to ~/.cache."""
+    folder = Path(tempfile.mkdtemp(prefix="aggregator-test-cache-"))
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 # --- Redis ---------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ parse pool and Redis connections. Real processes, real Redis, real local HTTP se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -110,8 +111,8 @@ def test_a_cycle_cut_short_stops_its_pollers(
     # what they send would reach the next cycle. They are stopped, and the Pollers refuses
     # another cycle.
     feed_server.routes["/slow.xml"] = Route(body=b"<rss/>", delay=5)
-    slow = [config.sources[0].model_copy(update={"url": feed_server.url("slow.xml")})] * 2
-    slow = [s.model_copy(update={"name": f"slow{i}"}) for i, s in enumerate(slow)]
+    slow = [dataclasses.replace(config.sources[0], url=feed_server.url("slow.xml"))] * 2
+    slow = [dataclasses.replace(s, name=f"slow{i}") for i, s in enumerate(slow)]
     pids = pollers.pids
 
     async def cut_short() -> None:
