@@ -385,14 +385,15 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _read_yaml(text: str) -> Any:
+def _read_yaml(text: str, path: Path) -> Any:
     """libyaml's safe loader when PyYAML has it (a feeds.yaml of 1,000 sources in 0.15 s, the
     pure-Python one in 0.36 s); ConfigError with the place of a syntax error."""
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         try:
-            return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+            return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
         except yaml.YAMLError:
             # The pure-Python loader says where and what more precisely: ask it for the error.
             return yaml.safe_load(text)
@@ -400,7 +401,7 @@ def _read_yaml(text: str) -> Any:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
         problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError([f"{where}: not valid YAML: {problem}"], "") from err
+        raise ConfigError([f"{where}: not valid YAML: {problem}"], str(path)) from err
 
 
 def _validate(kind: type[Any], raw: Any) -> tuple[Any, list[str]]:
@@ -424,10 +425,7 @@ def check_source(values: Mapping[str, Any]) -> Source:
 
 def parse(text: str, path: Path, redis_url: str | None = None) -> Config:
     """Validate the text of a feeds.yaml; raise ConfigError listing every problem."""
-    try:
-        raw = _read_yaml(text)
-    except ConfigError as err:
-        raise ConfigError(err.problems, str(path)) from err.__cause__
+    raw = _read_yaml(text, path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
