@@ -212,6 +212,10 @@ def poll(names: tuple[str, ...]) -> None:
         _fail(f"no enabled sources in {config.path}")
     import asyncio
 
+    from aggregator import metrics
+
+    metrics.stop_counting()  # no one can read this command's counts: it serves no /metrics
+
     with _store(config) as store:
         outcomes = asyncio.run(_poll_all(config, store, sources))
     rows = [
@@ -400,6 +404,9 @@ def worker(metrics_port: int | None) -> None:
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
+        from aggregator import metrics
+
+        metrics.made()
         try:
             start_http_server(metrics_port)
         except OSError as err:

@@ -293,6 +293,7 @@ def create_app(
     seconds before Redis is asked whether it changed. With `load_config` (the environment's
     feeds.yaml when no `config` is given either), `aggregator reload` reaches this app within
     `reload_check` seconds."""
+    metrics.made()  # listed at /metrics from the start (and in gunicorn's files)
     app = Flask(__name__)
     if config is None:
         load_config = load_config or config_module.from_environ

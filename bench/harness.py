@@ -584,6 +584,9 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
         env["AGGREGATOR_CONFIG"] = str(self.config_path)
         env["AGGREGATOR_REDIS_URL"] = self.redis_url
+        # The checked feeds.yaml that commands keep (aggregator/config_cache.py): the bench's
+        # own, not the user's ~/.cache.
+        env["XDG_CACHE_HOME"] = str(self.workdir / "cache")
         return env
 
     def configure(self, settings: dict[str, Any] | None = None, **source: Any) -> Path:

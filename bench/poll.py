@@ -5,7 +5,8 @@ feeds served by nginx, beside the reader library and feedparser alone, each a wh
 
 Each repeat runs, in turn: our cold poll (Redis flushed: every entry new), reader cold (a new
 database), feedparser alone, our warm poll (every feed answers 304), reader warm, then
-`--small` runs each of `aggregator poll NAME` (one source, 304), `aggregator status`,
+`--small` runs each of `aggregator poll NAME` (one source, 304), the same with feeds.yaml
+edited just before (a comment added: checked anew, not read as kept), `aggregator status`,
 `aggregator --help`, and two floors: `python -c pass` and `python -c "import aggregator.cli"`.
 After the repeats, in this process: reading the feeds.yaml and printing a table of every
 source, which every such command pays beside its work. Every figure is a median over the
@@ -70,8 +71,21 @@ def main() -> int:
             return f"entries {n * ENTRIES} broken 0" in text
 
         first = b.farm.feeds[0].name
+        edits = [0]
+
+        def edited() -> None:
+            """feeds.yaml with a new comment: its bytes changed, the next command checks it
+            anew rather than reading it as kept (aggregator/config_cache.py)."""
+            edits[0] += 1
+            with open(b.config_path, "a", encoding="utf-8") as f:
+                f.write(f"# edit {edits[0]}\n")
+
         small: dict[str, tuple[list[str], Callable[[str], bool] | None]] = {
             "ours, one source (304)": ([agg, "poll", first], polled(0, 1)),
+            "ours, one source (304), feeds.yaml just edited": (
+                [agg, "poll", first],
+                polled(0, 1),
+            ),
             "ours, status": ([agg, "status"], lambda t: first in t),
             "ours, --help": ([agg, "--help"], lambda t: "Usage" in t),
             "floor: python -c pass": ([py, "-c", "pass"], None),
@@ -111,6 +125,8 @@ def main() -> int:
                 timed_command([agg, "poll"], env, out, None)
             for key, (cmd, ok) in small.items():
                 for _ in range(args.small):
+                    if "just edited" in key:
+                        edited()
                     report.add(key, timed_command(cmd, env, out, ok))
             report.repeat_done()
 

@@ -9,7 +9,17 @@ import sys
 
 from tests.conftest import ConfigWriter, FeedServer
 
-HEAVY = ("redis", "pyreqwest", "feedparser", "apscheduler", "flask", "rich", "pydantic", "asyncio")
+HEAVY = (
+    "redis",
+    "pyreqwest",
+    "feedparser",
+    "apscheduler",
+    "flask",
+    "rich",
+    "pydantic",
+    "asyncio",
+    "prometheus_client",
+)
 PROBE = """
 import json, sys
 from aggregator.cli import main
@@ -46,3 +56,21 @@ def test_status_and_check_load_neither_client_nor_parsers(
     for command in ("status", "check"):
         found = set(loaded([command], env))
         assert not found & {"pyreqwest", "feedparser", "apscheduler", "flask"}, (command, found)
+        assert "prometheus_client" not in found, (command, found)
+
+
+def test_a_poll_counts_no_metrics(
+    write_config: ConfigWriter, feed_server: FeedServer, environ: dict[str, str]
+) -> None:
+    """`aggregator poll` serves no /metrics: it neither counts nor imports prometheus_client,
+    nor the parsers when every source answers 304."""
+    write_config.write([{"name": "a", "url": feed_server.url("rss2.xml")}])
+    env = dict(
+        environ,
+        AGGREGATOR_CONFIG=str(write_config.path),
+        AGGREGATOR_REDIS_URL=write_config.redis_url,
+    )
+    loaded(["poll"], env)  # stores the feed; the next poll meets a 304
+    found = set(loaded(["poll", "a"], env))
+    assert "pyreqwest" in found  # it did poll
+    assert not found & {"prometheus_client", "feedparser", "apscheduler", "flask"}, found
