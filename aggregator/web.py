@@ -75,6 +75,10 @@ class Memo:
     checked: float
     etag: str
     modified: datetime | None  # the Last-Modified header's time (whole seconds)
+    # The WSGI status and headers of the 200 and of the 304, as `_response` makes them: what
+    # `_answer_kept` answers with, werkzeug's work done once per rendering.
+    whole: tuple[str, tuple[tuple[str, str], ...]]
+    unchanged: tuple[str, tuple[tuple[str, str], ...]]
 
 
 class Memos:
@@ -115,6 +119,9 @@ class Services:
     memos: Memos
     tags: frozenset[str]
     categories: frozenset[str]
+    # Feed requests `_answer_kept` may answer, by the environ values that decide the answer
+    # (`_route`): the memo's key and the format. Renewed with the memos on reload.
+    routes: dict[tuple[object, ...], tuple[tuple[object, ...], Format]]
 
 
 def _fingerprint(config: Config) -> str:
@@ -140,6 +147,7 @@ def _new_services(config: Config, store: Store, version_check: float) -> Service
         Memos(),  # a memo's headers (Cache-Control) and bytes come from the config it was made by
         frozenset(config.tag_names()),
         frozenset(config.category_names()),
+        {},
     )
 
 
@@ -260,9 +268,60 @@ class _ForwardedBy:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         environ[_SITE] = self._site
         trusted = self._site.services.config.settings.trusted_proxies
-        if trusted and _address_in(environ.get("REMOTE_ADDR"), trusted):
-            return self._proxied(environ, start_response)
-        return self._direct(environ, start_response)
+        proxied = bool(trusted) and _address_in(environ.get("REMOTE_ADDR"), trusted)
+        answer = _answer_kept(self._site, environ, start_response, proxied)
+        if answer is not None:
+            return answer
+        return (self._proxied if proxied else self._direct)(environ, start_response)
+
+
+# Everything request.scheme, request.host and request.script_root are read from.
+_BASE_FROM = ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME")
+
+
+# A feed served from this process's memory is answered here, before Flask's routing and
+# request context (more than the view's own work on such a request): by the route the view
+# recorded for the same environ values, while its memo is fresh. Anything else (a memo due
+# for its version check, a reload, an unknown route, a method other than GET and HEAD) goes
+# through Flask as before.
+_ROUTE = "aggregator.route"
+_ROUTE_FROM = ("PATH_INFO", "REQUEST_URI", "RAW_URI", "QUERY_STRING", *_BASE_FROM)
+_FORWARDED = ("HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT")
+
+
+def _route(environ: WSGIEnvironment, proxied: bool) -> tuple[object, ...]:
+    """Everything that decides which feed a GET answers with, and its links: the path as
+    sent and decoded, the query, where the request came to, and what a trusted proxy says."""
+    route = tuple(environ.get(name) for name in _ROUTE_FROM)
+    if proxied:
+        return (*route, *(environ.get(name) for name in _FORWARDED))
+    return route
+
+
+def _answer_kept(
+    served: Site, environ: WSGIEnvironment, start_response: StartResponse, proxied: bool
+) -> Iterable[bytes] | None:
+    """The answer `_feed` would give from a fresh memo, counted as it counts it; else None."""
+    method = environ.get("REQUEST_METHOD")
+    if method != "GET" and method != "HEAD":
+        return None
+    route = environ[_ROUTE] = _route(environ, proxied)
+    routes = served.services.routes
+    kept = routes.get(route)
+    if kept is None:
+        return None
+    found = environ[_SERVICES] = served.current()  # the reload check every request makes
+    if found.routes is not routes:
+        return None  # reloaded: the names the route was read by may have gone
+    memo = found.memos.get(kept[0])
+    if memo is None or time.monotonic() - memo.checked > found.version_check:
+        return None
+    metrics.CACHE_HIT.inc()
+    if _answered(memo, environ, kept[1]):
+        start_response(memo.unchanged[0], list(memo.unchanged[1]))
+        return []
+    start_response(memo.whole[0], list(memo.whole[1]))
+    return [] if method == "HEAD" else [memo.body]
 
 
 def _address_in(
@@ -411,10 +470,6 @@ def _base(found: Services, environ: WSGIEnvironment) -> str:
     return base
 
 
-# Everything request.scheme, request.host and request.script_root are read from.
-_BASE_FROM = ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME")
-
-
 def _server_host(environ: WSGIEnvironment) -> str:
     name = str(environ.get("SERVER_NAME") or "localhost")
     port = str(environ.get("SERVER_PORT") or "")
@@ -465,8 +520,15 @@ def _max_age(kind: keys.Kind, name: str) -> int:
 
 
 def _feed(
-    environ: WSGIEnvironment, found: Services, kind: keys.Kind, name: str, fmt: str
+    environ: WSGIEnvironment,
+    found: Services,
+    kind: keys.Kind,
+    name: str,
+    fmt: str,
+    routed: bool = True,
 ) -> Response:
+    """The feed as a response. `routed`: the request's path names this feed whatever is
+    stored (so `_answer_kept` may answer the same request from the memo without asking)."""
     feed_format = _format(fmt)
     page, limit = _paging(environ)
     base = _base(found, environ)
@@ -485,14 +547,32 @@ def _feed(
         found.memos.put(key, memo)
     else:
         metrics.CACHE_HIT.inc()
-    if _not_modified(memo, environ):
-        response = Response(status=304, headers=memo.headers)
+    route = environ.get(_ROUTE)
+    if route is not None and routed:
+        if len(found.routes) >= _KEPT:
+            found.routes.clear()
+        found.routes[route] = (key, feed_format)
+    return _response(memo.body, memo.headers, _answered(memo, environ, feed_format))
+
+
+def _answered(memo: Memo, environ: WSGIEnvironment, fmt: Format) -> bool:
+    """Whether the answer is a 304, counted as a feed request of its format and status."""
+    unchanged = _not_modified(memo, environ)
+    metrics.feed_answered(fmt, 304 if unchanged else 200)
+    return unchanged
+
+
+def _response(body: bytes, headers: Sequence[tuple[str, str]], unchanged: bool) -> Response:
+    if unchanged:
+        response = Response(status=304, headers=headers)
         del response.headers["Content-Type"]
-        metrics.feed_answered(feed_format, 304)
-    else:
-        response = Response(memo.body, headers=memo.headers)
-        metrics.feed_answered(feed_format, 200)
-    return response
+        return response
+    return Response(body, headers=headers)
+
+
+def _wsgi(response: Response) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """What werkzeug hands the server for `response` (no Location header: no environ needed)."""
+    return response.status, tuple(response.get_wsgi_headers({}).to_wsgi_list())
 
 
 def _not_modified(memo: Memo, environ: WSGIEnvironment) -> bool:
@@ -555,7 +635,8 @@ def _memo(
         headers["Link"] = f'<{hub}>; rel="hub", <{self_url}>; rel="self"'
     modified = parse_date(cached.last_modified) if cached.last_modified else None
     pairs = tuple(headers.items())
-    return Memo(cached.version, cached.body, pairs, now, cached.etag, modified)
+    whole, unchanged = (_wsgi(_response(cached.body, pairs, u)) for u in (False, True))
+    return Memo(cached.version, cached.body, pairs, now, cached.etag, modified, whole, unchanged)
 
 
 @bp.get("/all.<fmt>")
@@ -589,11 +670,14 @@ def _named(kind: keys.Kind, prefix: str) -> Response | str:
         environ.get("REQUEST_URI"),
         environ.get("RAW_URI"),
     )
-    for reading in readings:
+    names = found.tags if kind == "tag" else found.categories
+    for index, reading in enumerate(readings):
         if _exists(found, kind, reading.name):
             if reading.fmt is None:
                 return _listing(kind, reading.name)
-            return _feed(environ, found, kind, reading.name, reading.fmt)
+            # The first reading, named in feeds.yaml: no stored count decided it.
+            routed = index == 0 and reading.name in names
+            return _feed(environ, found, kind, reading.name, reading.fmt, routed)
     split = urls.extension(urls.raw_tail(environ, prefix))
     if split is not None and _exists(found, kind, split[0]):
         _format(split[1])  # a known name with an unknown format: say which formats there are
