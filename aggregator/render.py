@@ -9,6 +9,7 @@ to identical ETags on every web worker). No I/O.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -111,6 +112,7 @@ class Fragment:
     body: bytes
     updated: datetime  # `updated(entry)`
     changed: datetime  # max(first_seen, updated): what `last_modified` takes
+    digest: bytes  # of `body` (`_digest`): what the document's ETag is made of
 
 
 class Fragments:
@@ -154,9 +156,20 @@ def _weight(key: tuple[str, str, bytes], fragment: Fragment) -> int:
     return len(key[2]) + len(fragment.body)
 
 
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """A rendered document, its newest change (`last_modified`) and its ETag: a hash of its
+    bytes taken part by part (the bytes around the entries, and each entry's digest kept with
+    its fragment), so the same bytes give it in every process and any other bytes another."""
+
+    body: bytes
+    modified: datetime | None
+    etag: str
+
+
 def render_stored(
     fmt: Format, info: FeedInfo, stored: Sequence[bytes], fragments: Fragments
-) -> tuple[bytes, datetime | None]:
+) -> Rendering:
     """`render(fmt, info, entries)` and `last_modified(entries)` of the entries stored as
     `stored` (`Entry.to_stored`), byte for byte, decoding and writing only the entries
     `fragments` does not hold yet."""
@@ -167,7 +180,8 @@ def render_stored(
         if fragment is None:
             entry = Entry.from_stored(keys[index][2])
             when = updated(entry)
-            fragment = Fragment(_entry_bytes(fmt, info, entry), when, max(entry.first_seen, when))
+            body = _entry_bytes(fmt, info, entry)
+            fragment = Fragment(body, when, max(entry.first_seen, when), _digest(body))
             found[index] = fragment
             made.append((keys[index], fragment))
     if made:
@@ -175,7 +189,17 @@ def render_stored(
     shown = cast(list[Fragment], found)
     newest = max((f.updated for f in shown), default=EPOCH)
     modified = max((f.changed for f in shown), default=None)
-    return _assemble(fmt, info, newest, [f.body for f in shown]), modified
+    frame = _frame(fmt, info, newest)
+    # The head's length first: the rest (digests of one size, the format's tail) then reads
+    # one way only.
+    etag = hashlib.blake2b(len(frame[0]).to_bytes(8, "big"), digest_size=16)
+    for part in (frame[0], *[f.digest for f in shown], frame[2]):
+        etag.update(part)
+    return Rendering(_join(frame, [f.body for f in shown]), modified, etag.hexdigest())
+
+
+def _digest(part: bytes) -> bytes:
+    return hashlib.blake2b(part, digest_size=16).digest()
 
 
 def _entry_bytes(fmt: Format, info: FeedInfo, entry: Entry) -> bytes:
@@ -189,12 +213,26 @@ def _entry_bytes(fmt: Format, info: FeedInfo, entry: Entry) -> bytes:
 
 
 def _assemble(fmt: Format, info: FeedInfo, newest: datetime, parts: Sequence[bytes]) -> bytes:
+    return _join(_frame(fmt, info, newest), parts)
+
+
+def _join(frame: tuple[bytes, bytes, bytes], parts: Sequence[bytes]) -> bytes:
+    """The document: its entries' parts in their `_frame`: after its head, separated by what
+    goes between, before its tail (one copy of the bytes for XML, with no separator)."""
+    head, between, tail = frame
+    if between:
+        return b"".join((head, between.join(parts), tail))
+    return b"".join([head, *parts, tail])
+
+
+def _frame(fmt: Format, info: FeedInfo, newest: datetime) -> tuple[bytes, bytes, bytes]:
+    """The bytes before the entries, between two of them, and after them."""
     if fmt == "json":
-        return _json_document(info, parts)
-    return _render_xml(fmt, info, newest, parts)
+        return _json_frame(info)
+    return _xml_frame(fmt, info, newest)
 
 
-def _render_xml(fmt: Format, info: FeedInfo, newest: datetime, parts: Sequence[bytes]) -> bytes:
+def _xml_frame(fmt: Format, info: FeedInfo, newest: datetime) -> tuple[bytes, bytes, bytes]:
     fg = FeedGenerator()
     title = _shown(info.title) or UNTITLED
     fg.id(info.url("atom"))
@@ -219,7 +257,7 @@ def _render_xml(fmt: Format, info: FeedInfo, newest: datetime, parts: Sequence[b
     end = b"</feed>" if fmt == "atom" else b"</channel></rss>"
     if not head.endswith(end):
         raise AssertionError(f"feedgen's {fmt} head does not end with {end!r}")
-    return head[: -len(end)] + b"".join(parts) + end
+    return head[: -len(end)], b"", end
 
 
 def _paging_links(fmt: Format, info: FeedInfo, root: Any) -> None:
@@ -355,16 +393,18 @@ def _author(author: Author, fmt: Format) -> dict[str, str]:
 
 
 def render_json(info: FeedInfo, entries: Sequence[Entry]) -> bytes:
-    return _json_document(info, [_dumps(_json_item(info, e)).encode("utf-8") for e in entries])
+    items = [_dumps(_json_item(info, e)).encode("utf-8") for e in entries]
+    return _join(_json_frame(info), items)
 
 
 def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _json_document(info: FeedInfo, items: Sequence[bytes]) -> bytes:
-    """The feed object with `items` (each item's JSON) as its last member: what `json.dumps`
-    gives for the whole, since without spaces an array is its items' JSON joined by commas."""
+def _json_frame(info: FeedInfo) -> tuple[bytes, bytes, bytes]:
+    """The feed object around its items (each item's JSON), its last member: what
+    `json.dumps` gives for the whole, since without spaces an array is its items' JSON joined
+    by commas."""
     feed: dict[str, Any] = {
         "version": "https://jsonfeed.org/version/1.1",
         "title": _shown(info.title) or UNTITLED,
@@ -378,7 +418,7 @@ def _json_document(info: FeedInfo, items: Sequence[bytes]) -> bytes:
     if info.hub:
         feed["hubs"] = [{"type": "WebSub", "url": info.hub}]
     head = _dumps(feed).encode("utf-8")
-    return head[:-1] + b',"items":[' + b",".join(items) + b"]}"
+    return head[:-1] + b',"items":[', b",", b"]}"
 
 
 def _json_item(info: FeedInfo, entry: Entry) -> dict[str, Any]:

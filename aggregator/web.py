@@ -49,7 +49,7 @@ from aggregator.errors import ConfigError, StorageError
 from aggregator.export import BACK, HOME_TITLE
 from aggregator.render import FORMATS, MEDIA_TYPES, FeedInfo, Format, Fragments, render_stored
 from aggregator.services import open_store
-from aggregator.store import Distribution, Rendered, Store
+from aggregator.store import Distribution, FeedRead, Rendered, Store
 from aggregator.websub import Subscription
 
 if TYPE_CHECKING:
@@ -538,9 +538,14 @@ def _feed(
     if memo is None or now - memo.checked > found.version_check:
         # At most one Redis round trip a second per feed and web process while nothing
         # changes; a new version is rendered once and shared through Redis.
-        version = found.store.index_version(kind, name)
-        if memo is None or memo.version != version:
-            memo = _memo(kind, name, feed_format, page, limit, now, base)
+        where = hashlib.blake2b(base.encode("utf-8"), digest_size=6).hexdigest()
+        variant = f"{feed_format}:{page}:{limit}:{found.fingerprint}:{where}"
+        # One entry more than asked tells whether an older page exists (RFC 5005 "next").
+        read = found.store.read_feed(
+            kind, name, variant, memo.version if memo else None, (page - 1) * limit, limit + 1
+        )
+        if memo is None or memo.version != read.version:
+            memo = _memo(kind, name, feed_format, page, limit, now, variant, read)
         else:
             memo = dataclasses.replace(memo, checked=now)
             metrics.CACHE_HIT.inc()
@@ -590,32 +595,31 @@ def _not_modified(memo: Memo, environ: WSGIEnvironment) -> bool:
 
 
 def _memo(
-    kind: keys.Kind, name: str, fmt: Format, page: int, limit: int, now: float, base: str
+    kind: keys.Kind,
+    name: str,
+    fmt: Format,
+    page: int,
+    limit: int,
+    now: float,
+    variant: str,
+    read: FeedRead,
 ) -> Memo:
     """The feed as of now: from the rendering cached in Redis for the index's current version,
     else rendered here and cached there for every other web process. Renderings differ by the
-    base URL their links start with."""
-    store = services().store
-    where = hashlib.blake2b(base.encode("utf-8"), digest_size=6).hexdigest()
-    variant = f"{fmt}:{page}:{limit}:{services().fingerprint}:{where}"
-    cached = store.cached_render(kind, name, variant)
-    if cached.body is None:
-        # One entry more than asked tells whether an older page exists (RFC 5005 "next").
-        found = store.stored_entries(kind, name, limit=limit + 1, offset=(page - 1) * limit)
+    base URL their links start with (`variant`)."""
+    cached = read.cached
+    if cached is None:
+        found = read.entries or []
         if page > 1 and not found:
             abort(404, f"page {page} is past the end of this feed")
         info = _info(kind, name, page, len(found) > limit, limit)
         # Entries this process rendered before, for this format and base URL, are joined as
         # they were written; only the others are decoded and written.
-        body, modified = render_stored(fmt, info, found[:limit], site(current_app).fragments)
-        cached = Rendered(
-            cached.version,
-            body,
-            # The ETag is a hash of the bytes: identical data gives it on every worker.
-            hashlib.sha256(body).hexdigest()[:32],
-            http_date(modified) if modified else "",
-        )
-        store.cache_render(kind, name, variant, cached)
+        made = render_stored(fmt, info, found[:limit], site(current_app).fragments)
+        when = http_date(made.modified) if made.modified else ""
+        cached = Rendered(read.version, made.body, made.etag, when)
+        # Written before the answer: a process asked next, even by the same reader, finds it.
+        services().store.cache_render(kind, name, variant, cached)
         metrics.FEED_RENDERS.labels(fmt).inc()
         metrics.CACHE_MISS.inc()
     else:

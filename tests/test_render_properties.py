@@ -465,17 +465,24 @@ def test_rendering_from_kept_fragments_gives_the_same_bytes(
     """What the web app renders on a miss (`render_stored`: entries as stored, each rendered
     once per format and base URL and kept) is `render` and `last_modified` of the decoded
     entries, byte for byte: with nothing kept, with everything kept, with some kept and some
-    new, for another base URL, and with a bound that drops fragments as it goes (0: none kept)."""
+    new, for another base URL, and with a bound that drops fragments as it goes (0: none kept).
+    Its ETag is a function of those bytes: the same from a process that kept nothing, and
+    another for other bytes."""
     fragments = Fragments(max_bytes=size)
+    etags: dict[bytes, str] = {}
     other = dataclasses.replace(info, page=info.page + 1, has_next=not info.has_next)
     moved = dataclasses.replace(info, base_url="https://elsewhere.example")  # other links
     for shown in (items, items, more + items, items + more):
         stored = [e.to_stored() for e in shown]
         for fmt in ("atom", "rss", "json"):
             for feed in (info, other, moved):
-                body, modified = render_stored(fmt, feed, stored, fragments)
+                made = render_stored(fmt, feed, stored, fragments)
+                body, modified = made.body, made.modified
                 assert body == rendered(fmt, feed, shown)
                 assert modified == last_modified(shown)
+                assert etags.setdefault(body, made.etag) == made.etag
+                assert render_stored(fmt, feed, stored, Fragments()).etag == made.etag
+    assert len(set(etags.values())) == len(etags)
     if size == 0:
         assert len(fragments) == 0
 
