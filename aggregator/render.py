@@ -173,7 +173,8 @@ def render_stored(
     """`render(fmt, info, entries)` and `last_modified(entries)` of the entries stored as
     `stored` (`Entry.to_stored`), byte for byte, decoding and writing only the entries
     `fragments` does not hold yet."""
-    keys = [(fmt, info.base, raw) for raw in stored]
+    base = info.base
+    keys = [(fmt, base, raw) for raw in stored]
     found = fragments.get_many(keys)
     made: list[tuple[tuple[str, str, bytes], Fragment]] = []
     for index, fragment in enumerate(found):
@@ -187,14 +188,15 @@ def render_stored(
     if made:
         fragments.put_many(made)
     shown = cast(list[Fragment], found)
-    newest = max((f.updated for f in shown), default=EPOCH)
-    modified = max((f.changed for f in shown), default=None)
+    newest = max([f.updated for f in shown], default=EPOCH)
+    modified = max([f.changed for f in shown], default=None)
     frame = _frame(fmt, info, newest)
     # The head's length first: the rest (digests of one size, the format's tail) then reads
     # one way only.
     etag = hashlib.blake2b(len(frame[0]).to_bytes(8, "big"), digest_size=16)
-    for part in (frame[0], *[f.digest for f in shown], frame[2]):
-        etag.update(part)
+    etag.update(frame[0])
+    etag.update(b"".join([f.digest for f in shown]))
+    etag.update(frame[2])
     return Rendering(_join(frame, [f.body for f in shown]), modified, etag.hexdigest())
 
 

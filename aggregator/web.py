@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import http_date, parse_date, parse_etags
+from werkzeug.http import http_date, parse_date, parse_etags, remove_entity_headers
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
@@ -575,9 +575,16 @@ def _response(body: bytes, headers: Sequence[tuple[str, str]], unchanged: bool) 
     return Response(body, headers=headers)
 
 
-def _wsgi(response: Response) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """What werkzeug hands the server for `response` (no Location header: no environ needed)."""
-    return response.status, tuple(response.get_wsgi_headers({}).to_wsgi_list())
+def _wsgi(
+    body: bytes, headers: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, tuple[tuple[str, str], ...]], tuple[str, tuple[tuple[str, str], ...]]]:
+    """The WSGI status and headers werkzeug gives `_response`'s 200 and 304 (which loses
+    the entity headers, RFC 9110 §15.4.5), made by hand: werkzeug's objects cost more than
+    the rest of the memo."""
+    unchanged = [(k, v) for k, v in headers if k != "Content-Type"]
+    remove_entity_headers(unchanged)
+    whole = (*headers, ("Content-Length", str(len(body))))
+    return ("200 OK", whole), ("304 NOT MODIFIED", tuple(unchanged))
 
 
 def _not_modified(memo: Memo, environ: WSGIEnvironment) -> bool:
@@ -639,7 +646,7 @@ def _memo(
         headers["Link"] = f'<{hub}>; rel="hub", <{self_url}>; rel="self"'
     modified = parse_date(cached.last_modified) if cached.last_modified else None
     pairs = tuple(headers.items())
-    whole, unchanged = (_wsgi(_response(cached.body, pairs, u)) for u in (False, True))
+    whole, unchanged = _wsgi(cached.body, pairs)
     return Memo(cached.version, cached.body, pairs, now, cached.etag, modified, whole, unchanged)
 
 

@@ -74,11 +74,14 @@ def parts(response: TestResponse) -> tuple[str, list[tuple[str, str]], bytes]:
 def test_a_fresh_memo_is_answered_before_flask_as_the_view_answers(
     write_config: ConfigWriter, filled: Store
 ) -> None:
-    config = configure(write_config, public_url="https://feeds.example/")
+    config = configure(
+        write_config, public_url="https://feeds.example/", websub_hub="https://hub.example/"
+    )
     app = create_app(config, filled, version_check=3600)
     reached = counted(app)
     client = app.test_client()
     viewed = client.get(FEED)  # renders, and records the route
+    assert "Link" in viewed.headers  # the hub's: every header the view gives is compared
     etag = viewed.headers["ETag"]
     since = viewed.headers["Last-Modified"]
     # The view's own answers, from an app that checks the version on every request.
