@@ -120,13 +120,37 @@ class Fragments:
     the entry exactly: no hash to collide), the format and the base URL (the only part of a
     feed's info an entry shows, in its page link); at most `max_bytes` of keys and fragments,
     least recently used dropped first. A feed rendered again after a poll then decodes and
-    writes only the entries it has not shown before."""
+    writes only the entries it has not shown before.
+
+    Beside them, the last `FRAMES` documents' frames (`_frame`: feedgen's head, the tail),
+    keyed by all they show: the format, the feed's info and its newest entry's time, which a
+    poll often leaves as it was (an older entry added, updated or cut)."""
+
+    FRAMES = 64
 
     def __init__(self, max_bytes: int = 32 << 20) -> None:
         self._max = max_bytes
         self._size = 0
         self._items: OrderedDict[tuple[str, str, bytes], Fragment] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, FeedInfo, str], tuple[bytes, bytes, bytes]]
+        self._frames = OrderedDict()
         self._lock = threading.Lock()
+
+    def frame(self, fmt: Format, info: FeedInfo, newest: datetime) -> tuple[bytes, bytes, bytes]:
+        """`_frame(fmt, info, newest)`, kept."""
+        key = (fmt, info, newest.isoformat())  # the offset too: the text shows it
+        with self._lock:
+            found = self._frames.get(key)
+            if found is not None:
+                self._frames.move_to_end(key)
+                return found
+        found = _frame(fmt, info, newest)
+        if self._max > 0:
+            with self._lock:
+                self._frames[key] = found
+                while len(self._frames) > self.FRAMES:
+                    self._frames.popitem(last=False)
+        return found
 
     def __len__(self) -> int:
         return len(self._items)
@@ -190,7 +214,7 @@ def render_stored(
     shown = cast(list[Fragment], found)
     newest = max([f.updated for f in shown], default=EPOCH)
     modified = max([f.changed for f in shown], default=None)
-    frame = _frame(fmt, info, newest)
+    frame = fragments.frame(fmt, info, newest)
     # The head's length first: the rest (digests of one size, the format's tail) then reads
     # one way only.
     etag = hashlib.blake2b(len(frame[0]).to_bytes(8, "big"), digest_size=16)
