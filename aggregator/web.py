@@ -75,8 +75,8 @@ class Memo:
     checked: float
     etag: str
     modified: datetime | None  # the Last-Modified header's time (whole seconds)
-    # The WSGI status and headers of the 200 and of the 304, as `_response` makes them: what
-    # `_answer_kept` answers with, werkzeug's work done once per rendering.
+    # The WSGI status and headers of the 200 and of the 304, as werkzeug gives `_response`'s
+    # (`_wsgi`): what `_answer_kept` answers with.
     whole: tuple[str, tuple[tuple[str, str], ...]]
     unchanged: tuple[str, tuple[tuple[str, str], ...]]
 

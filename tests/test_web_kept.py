@@ -5,8 +5,8 @@ memo)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +21,7 @@ from aggregator.models import Entry
 from aggregator.store import Store
 from aggregator.web import create_app, site
 from tests.conftest import ConfigWriter
+from tests.test_links import entry as tech_entry
 
 TAG = "财经 news"
 FEED = f"/tags/{quote(TAG)}.atom"
@@ -28,23 +29,12 @@ OK = ("200", "304")
 
 
 def entry(n: int) -> Entry:
-    return Entry(
-        id=f"{n:016x}",
-        source="money",
-        category="money",
-        tags=(TAG,),
-        title=f"Story {n}",
-        link=f"https://money.example.org/{n}",
-        content=f"<p>body {n}</p>",
-        summary="",
-        first_seen=datetime(2024, 1, 1, tzinfo=UTC),
-        published=datetime(2024, 3, 1, n, tzinfo=UTC),
-    )
+    return dataclasses.replace(tech_entry(n), tags=(TAG,))
 
 
 def configure(write_config: ConfigWriter, title: str = "Money", **settings: Any) -> Config:
     return write_config.write(
-        [{"name": "money", "url": "https://money.example.org/rss.xml", "tags": [TAG]}],
+        [{"name": "tech", "url": "https://tech.example.org/rss.xml", "tags": [TAG]}],
         settings=settings,
         tags={TAG: {"title": title}},
     )
@@ -52,7 +42,7 @@ def configure(write_config: ConfigWriter, title: str = "Money", **settings: Any)
 
 @pytest.fixture
 def filled(store: Store) -> Store:
-    store.save_poll("money", [entry(1), entry(2)], {}, None)
+    store.save_poll("tech", [entry(1), entry(2)], {}, None)
     return store
 
 
@@ -166,10 +156,10 @@ def test_a_reload_and_a_stale_memo_go_through_the_view(
     site(app).request_reload()
     assert "<title>Renamed</title>" in client.get(FEED).get_data(as_text=True)
     assert len(reached) == 2
-    filled.save_poll("money", [entry(1), entry(2), entry(3)], {}, None)
-    assert "Story 3" not in client.get(FEED).get_data(as_text=True)  # fresh for 0.3 s
+    filled.save_poll("tech", [entry(1), entry(2), entry(3)], {}, None)
+    assert "Post 3" not in client.get(FEED).get_data(as_text=True)  # fresh for 0.3 s
     time.sleep(0.4)
-    assert "Story 3" in client.get(FEED).get_data(as_text=True)
+    assert "Post 3" in client.get(FEED).get_data(as_text=True)
     assert len(reached) == 3
 
 
@@ -179,7 +169,7 @@ def test_a_name_only_stored_data_decides_goes_through_the_view(
     """A tag not in feeds.yaml is served while it has entries (a ZCARD each time): the view
     asks every time."""
     gone = write_config.write(
-        [{"name": "money", "url": "https://money.example.org/rss.xml"}], settings={}
+        [{"name": "tech", "url": "https://tech.example.org/rss.xml"}], settings={}
     )
     app = create_app(gone, filled, version_check=3600)
     reached = counted(app)
