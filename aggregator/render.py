@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any, Literal, cast
 
@@ -113,6 +114,10 @@ class Fragment:
     updated: datetime  # `updated(entry)`
     changed: datetime  # max(first_seen, updated): what `last_modified` takes
     digest: bytes  # of `body` (`_digest`): what the document's ETag is made of
+    # Both times in µs since the epoch: a feed's maxima compare them a hundred times, and
+    # datetimes with offsets compare forty times slower than ints.
+    updated_at: int
+    changed_at: int
 
 
 class Fragments:
@@ -206,14 +211,15 @@ def render_stored(
             entry = Entry.from_stored(keys[index][2])
             when = updated(entry)
             body = _entry_bytes(fmt, info, entry)
-            fragment = Fragment(body, when, max(entry.first_seen, when), _digest(body))
+            changed = max(entry.first_seen, when)
+            fragment = Fragment(body, when, changed, _digest(body), _micros(when), _micros(changed))
             found[index] = fragment
             made.append((keys[index], fragment))
     if made:
         fragments.put_many(made)
     shown = cast(list[Fragment], found)
-    newest = max([f.updated for f in shown], default=EPOCH)
-    modified = max([f.changed for f in shown], default=None)
+    newest = max(shown, key=_UPDATED).updated if shown else EPOCH
+    modified = max(shown, key=_CHANGED).changed if shown else None
     frame = fragments.frame(fmt, info, newest)
     # The head's length first: the rest (digests of one size, the format's tail) then reads
     # one way only.
@@ -226,6 +232,15 @@ def render_stored(
 
 def _digest(part: bytes) -> bytes:
     return hashlib.blake2b(part, digest_size=16).digest()
+
+
+_UPDATED = operator.attrgetter("updated_at")
+_CHANGED = operator.attrgetter("changed_at")
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(when: datetime) -> int:
+    return (when - EPOCH) // _MICROSECOND
 
 
 def _entry_bytes(fmt: Format, info: FeedInfo, entry: Entry) -> bytes:
