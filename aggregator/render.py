@@ -9,13 +9,15 @@ to identical ETags on every web worker). No I/O.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import operator
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any, Literal, cast
 
@@ -111,6 +113,11 @@ class Fragment:
     body: bytes
     updated: datetime  # `updated(entry)`
     changed: datetime  # max(first_seen, updated): what `last_modified` takes
+    digest: bytes  # of `body` (`_digest`): what the document's ETag is made of
+    # Both times in µs since the epoch: a feed's maxima compare them a hundred times, and
+    # datetimes with offsets compare forty times slower than ints.
+    updated_at: int
+    changed_at: int
 
 
 class Fragments:
@@ -118,13 +125,37 @@ class Fragments:
     the entry exactly: no hash to collide), the format and the base URL (the only part of a
     feed's info an entry shows, in its page link); at most `max_bytes` of keys and fragments,
     least recently used dropped first. A feed rendered again after a poll then decodes and
-    writes only the entries it has not shown before."""
+    writes only the entries it has not shown before.
+
+    Beside them, the last `FRAMES` documents' frames (`_frame`: feedgen's head, the tail),
+    keyed by all they show: the format, the feed's info and its newest entry's time, which a
+    poll often leaves as it was (an older entry added, updated or cut)."""
+
+    FRAMES = 64
 
     def __init__(self, max_bytes: int = 32 << 20) -> None:
         self._max = max_bytes
         self._size = 0
         self._items: OrderedDict[tuple[str, str, bytes], Fragment] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, FeedInfo, str], tuple[bytes, bytes, bytes]]
+        self._frames = OrderedDict()
         self._lock = threading.Lock()
+
+    def frame(self, fmt: Format, info: FeedInfo, newest: datetime) -> tuple[bytes, bytes, bytes]:
+        """`_frame(fmt, info, newest)`, kept."""
+        key = (fmt, info, newest.isoformat())  # the offset too: the text shows it
+        with self._lock:
+            found = self._frames.get(key)
+            if found is not None:
+                self._frames.move_to_end(key)
+                return found
+        found = _frame(fmt, info, newest)
+        if self._max > 0:
+            with self._lock:
+                self._frames[key] = found
+                while len(self._frames) > self.FRAMES:
+                    self._frames.popitem(last=False)
+        return found
 
     def __len__(self) -> int:
         return len(self._items)
@@ -154,28 +185,62 @@ def _weight(key: tuple[str, str, bytes], fragment: Fragment) -> int:
     return len(key[2]) + len(fragment.body)
 
 
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """A rendered document, its newest change (`last_modified`) and its ETag: a hash of its
+    bytes taken part by part (the bytes around the entries, and each entry's digest kept with
+    its fragment), so the same bytes give it in every process and any other bytes another."""
+
+    body: bytes
+    modified: datetime | None
+    etag: str
+
+
 def render_stored(
     fmt: Format, info: FeedInfo, stored: Sequence[bytes], fragments: Fragments
-) -> tuple[bytes, datetime | None]:
+) -> Rendering:
     """`render(fmt, info, entries)` and `last_modified(entries)` of the entries stored as
     `stored` (`Entry.to_stored`), byte for byte, decoding and writing only the entries
     `fragments` does not hold yet."""
-    keys = [(fmt, info.base, raw) for raw in stored]
+    base = info.base
+    keys = [(fmt, base, raw) for raw in stored]
     found = fragments.get_many(keys)
     made: list[tuple[tuple[str, str, bytes], Fragment]] = []
     for index, fragment in enumerate(found):
         if fragment is None:
             entry = Entry.from_stored(keys[index][2])
             when = updated(entry)
-            fragment = Fragment(_entry_bytes(fmt, info, entry), when, max(entry.first_seen, when))
+            body = _entry_bytes(fmt, info, entry)
+            changed = max(entry.first_seen, when)
+            fragment = Fragment(body, when, changed, _digest(body), _micros(when), _micros(changed))
             found[index] = fragment
             made.append((keys[index], fragment))
     if made:
         fragments.put_many(made)
     shown = cast(list[Fragment], found)
-    newest = max((f.updated for f in shown), default=EPOCH)
-    modified = max((f.changed for f in shown), default=None)
-    return _assemble(fmt, info, newest, [f.body for f in shown]), modified
+    newest = max(shown, key=_UPDATED).updated if shown else EPOCH
+    modified = max(shown, key=_CHANGED).changed if shown else None
+    frame = fragments.frame(fmt, info, newest)
+    # The head's length first: the rest (digests of one size, the format's tail) then reads
+    # one way only.
+    etag = hashlib.blake2b(len(frame[0]).to_bytes(8, "big"), digest_size=16)
+    etag.update(frame[0])
+    etag.update(b"".join([f.digest for f in shown]))
+    etag.update(frame[2])
+    return Rendering(_join(frame, [f.body for f in shown]), modified, etag.hexdigest())
+
+
+def _digest(part: bytes) -> bytes:
+    return hashlib.blake2b(part, digest_size=16).digest()
+
+
+_UPDATED = operator.attrgetter("updated_at")
+_CHANGED = operator.attrgetter("changed_at")
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(when: datetime) -> int:
+    return (when - EPOCH) // _MICROSECOND
 
 
 def _entry_bytes(fmt: Format, info: FeedInfo, entry: Entry) -> bytes:
@@ -189,12 +254,26 @@ def _entry_bytes(fmt: Format, info: FeedInfo, entry: Entry) -> bytes:
 
 
 def _assemble(fmt: Format, info: FeedInfo, newest: datetime, parts: Sequence[bytes]) -> bytes:
+    return _join(_frame(fmt, info, newest), parts)
+
+
+def _join(frame: tuple[bytes, bytes, bytes], parts: Sequence[bytes]) -> bytes:
+    """The document: its entries' parts in their `_frame`: after its head, separated by what
+    goes between, before its tail (one copy of the bytes for XML, with no separator)."""
+    head, between, tail = frame
+    if between:
+        return b"".join((head, between.join(parts), tail))
+    return b"".join([head, *parts, tail])
+
+
+def _frame(fmt: Format, info: FeedInfo, newest: datetime) -> tuple[bytes, bytes, bytes]:
+    """The bytes before the entries, between two of them, and after them."""
     if fmt == "json":
-        return _json_document(info, parts)
-    return _render_xml(fmt, info, newest, parts)
+        return _json_frame(info)
+    return _xml_frame(fmt, info, newest)
 
 
-def _render_xml(fmt: Format, info: FeedInfo, newest: datetime, parts: Sequence[bytes]) -> bytes:
+def _xml_frame(fmt: Format, info: FeedInfo, newest: datetime) -> tuple[bytes, bytes, bytes]:
     fg = FeedGenerator()
     title = _shown(info.title) or UNTITLED
     fg.id(info.url("atom"))
@@ -219,7 +298,7 @@ def _render_xml(fmt: Format, info: FeedInfo, newest: datetime, parts: Sequence[b
     end = b"</feed>" if fmt == "atom" else b"</channel></rss>"
     if not head.endswith(end):
         raise AssertionError(f"feedgen's {fmt} head does not end with {end!r}")
-    return head[: -len(end)] + b"".join(parts) + end
+    return head[: -len(end)], b"", end
 
 
 def _paging_links(fmt: Format, info: FeedInfo, root: Any) -> None:
@@ -355,16 +434,18 @@ def _author(author: Author, fmt: Format) -> dict[str, str]:
 
 
 def render_json(info: FeedInfo, entries: Sequence[Entry]) -> bytes:
-    return _json_document(info, [_dumps(_json_item(info, e)).encode("utf-8") for e in entries])
+    items = [_dumps(_json_item(info, e)).encode("utf-8") for e in entries]
+    return _join(_json_frame(info), items)
 
 
 def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _json_document(info: FeedInfo, items: Sequence[bytes]) -> bytes:
-    """The feed object with `items` (each item's JSON) as its last member: what `json.dumps`
-    gives for the whole, since without spaces an array is its items' JSON joined by commas."""
+def _json_frame(info: FeedInfo) -> tuple[bytes, bytes, bytes]:
+    """The feed object around its items (each item's JSON), its last member: what
+    `json.dumps` gives for the whole, since without spaces an array is its items' JSON joined
+    by commas."""
     feed: dict[str, Any] = {
         "version": "https://jsonfeed.org/version/1.1",
         "title": _shown(info.title) or UNTITLED,
@@ -378,7 +459,7 @@ def _json_document(info: FeedInfo, items: Sequence[bytes]) -> bytes:
     if info.hub:
         feed["hubs"] = [{"type": "WebSub", "url": info.hub}]
     head = _dumps(feed).encode("utf-8")
-    return head[:-1] + b',"items":[' + b",".join(items) + b"]}"
+    return head[:-1] + b',"items":[', b",", b"]}"
 
 
 def _json_item(info: FeedInfo, entry: Entry) -> dict[str, Any]:

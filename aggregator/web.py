@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import http_date, parse_date, parse_etags
+from werkzeug.http import http_date, parse_date, parse_etags, remove_entity_headers
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import BaseConverter
 
@@ -49,7 +49,7 @@ from aggregator.errors import ConfigError, StorageError
 from aggregator.export import BACK, HOME_TITLE
 from aggregator.render import FORMATS, MEDIA_TYPES, FeedInfo, Format, Fragments, render_stored
 from aggregator.services import open_store
-from aggregator.store import Distribution, Rendered, Store
+from aggregator.store import Distribution, FeedRead, Rendered, Store
 from aggregator.websub import Subscription
 
 if TYPE_CHECKING:
@@ -75,6 +75,10 @@ class Memo:
     checked: float
     etag: str
     modified: datetime | None  # the Last-Modified header's time (whole seconds)
+    # The WSGI status and headers of the 200 and of the 304, as werkzeug gives `_response`'s
+    # (`_wsgi`): what `_answer_kept` answers with.
+    whole: tuple[str, tuple[tuple[str, str], ...]]
+    unchanged: tuple[str, tuple[tuple[str, str], ...]]
 
 
 class Memos:
@@ -115,6 +119,9 @@ class Services:
     memos: Memos
     tags: frozenset[str]
     categories: frozenset[str]
+    # Feed requests `_answer_kept` may answer, by the environ values that decide the answer
+    # (`_route`): the memo's key and the format. Renewed with the memos on reload.
+    routes: dict[tuple[object, ...], tuple[tuple[object, ...], Format]]
 
 
 def _fingerprint(config: Config) -> str:
@@ -140,6 +147,7 @@ def _new_services(config: Config, store: Store, version_check: float) -> Service
         Memos(),  # a memo's headers (Cache-Control) and bytes come from the config it was made by
         frozenset(config.tag_names()),
         frozenset(config.category_names()),
+        {},
     )
 
 
@@ -260,9 +268,60 @@ class _ForwardedBy:
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         environ[_SITE] = self._site
         trusted = self._site.services.config.settings.trusted_proxies
-        if trusted and _address_in(environ.get("REMOTE_ADDR"), trusted):
-            return self._proxied(environ, start_response)
-        return self._direct(environ, start_response)
+        proxied = bool(trusted) and _address_in(environ.get("REMOTE_ADDR"), trusted)
+        answer = _answer_kept(self._site, environ, start_response, proxied)
+        if answer is not None:
+            return answer
+        return (self._proxied if proxied else self._direct)(environ, start_response)
+
+
+# Everything request.scheme, request.host and request.script_root are read from.
+_BASE_FROM = ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME")
+
+
+# A feed served from this process's memory is answered here, before Flask's routing and
+# request context (more than the view's own work on such a request): by the route the view
+# recorded for the same environ values, while its memo is fresh. Anything else (a memo due
+# for its version check, a reload, an unknown route, a method other than GET and HEAD) goes
+# through Flask as before.
+_ROUTE = "aggregator.route"
+_ROUTE_FROM = ("PATH_INFO", "REQUEST_URI", "RAW_URI", "QUERY_STRING", *_BASE_FROM)
+_FORWARDED = ("HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT")
+
+
+def _route(environ: WSGIEnvironment, proxied: bool) -> tuple[object, ...]:
+    """Everything that decides which feed a GET answers with, and its links: the path as
+    sent and decoded, the query, where the request came to, and what a trusted proxy says."""
+    route = tuple(environ.get(name) for name in _ROUTE_FROM)
+    if proxied:
+        return (*route, *(environ.get(name) for name in _FORWARDED))
+    return route
+
+
+def _answer_kept(
+    served: Site, environ: WSGIEnvironment, start_response: StartResponse, proxied: bool
+) -> Iterable[bytes] | None:
+    """The answer `_feed` would give from a fresh memo, counted as it counts it; else None."""
+    method = environ.get("REQUEST_METHOD")
+    if method != "GET" and method != "HEAD":
+        return None
+    route = environ[_ROUTE] = _route(environ, proxied)
+    routes = served.services.routes
+    kept = routes.get(route)
+    if kept is None:
+        return None
+    found = environ[_SERVICES] = served.current()  # the reload check every request makes
+    if found.routes is not routes:
+        return None  # reloaded: the names the route was read by may have gone
+    memo = found.memos.get(kept[0])
+    if memo is None or time.monotonic() - memo.checked > found.version_check:
+        return None
+    metrics.CACHE_HIT.inc()
+    if _answered(memo, environ, kept[1]):
+        start_response(memo.unchanged[0], list(memo.unchanged[1]))
+        return []
+    start_response(memo.whole[0], list(memo.whole[1]))
+    return [] if method == "HEAD" else [memo.body]
 
 
 def _address_in(
@@ -412,10 +471,6 @@ def _base(found: Services, environ: WSGIEnvironment) -> str:
     return base
 
 
-# Everything request.scheme, request.host and request.script_root are read from.
-_BASE_FROM = ("wsgi.url_scheme", "HTTP_HOST", "SERVER_NAME", "SERVER_PORT", "SCRIPT_NAME")
-
-
 def _server_host(environ: WSGIEnvironment) -> str:
     name = str(environ.get("SERVER_NAME") or "localhost")
     port = str(environ.get("SERVER_PORT") or "")
@@ -466,8 +521,15 @@ def _max_age(kind: keys.Kind, name: str) -> int:
 
 
 def _feed(
-    environ: WSGIEnvironment, found: Services, kind: keys.Kind, name: str, fmt: str
+    environ: WSGIEnvironment,
+    found: Services,
+    kind: keys.Kind,
+    name: str,
+    fmt: str,
+    routed: bool = True,
 ) -> Response:
+    """The feed as a response. `routed`: the request's path names this feed whatever is
+    stored (so `_answer_kept` may answer the same request from the memo without asking)."""
     feed_format = _format(fmt)
     page, limit = _paging(environ)
     base = _base(found, environ)
@@ -477,23 +539,53 @@ def _feed(
     if memo is None or now - memo.checked > found.version_check:
         # At most one Redis round trip a second per feed and web process while nothing
         # changes; a new version is rendered once and shared through Redis.
-        version = found.store.index_version(kind, name)
-        if memo is None or memo.version != version:
-            memo = _memo(kind, name, feed_format, page, limit, now, base)
+        where = hashlib.blake2b(base.encode("utf-8"), digest_size=6).hexdigest()
+        variant = f"{feed_format}:{page}:{limit}:{found.fingerprint}:{where}"
+        # One entry more than asked tells whether an older page exists (RFC 5005 "next").
+        read = found.store.read_feed(
+            kind, name, variant, memo.version if memo else None, (page - 1) * limit, limit + 1
+        )
+        if memo is None or memo.version != read.version:
+            memo = _memo(kind, name, feed_format, page, limit, now, variant, read)
         else:
             memo = dataclasses.replace(memo, checked=now)
             metrics.CACHE_HIT.inc()
         found.memos.put(key, memo)
     else:
         metrics.CACHE_HIT.inc()
-    if _not_modified(memo, environ):
-        response = Response(status=304, headers=memo.headers)
+    route = environ.get(_ROUTE)
+    if route is not None and routed:
+        if len(found.routes) >= _KEPT:
+            found.routes.clear()
+        found.routes[route] = (key, feed_format)
+    return _response(memo.body, memo.headers, _answered(memo, environ, feed_format))
+
+
+def _answered(memo: Memo, environ: WSGIEnvironment, fmt: Format) -> bool:
+    """Whether the answer is a 304, counted as a feed request of its format and status."""
+    unchanged = _not_modified(memo, environ)
+    metrics.feed_answered(fmt, 304 if unchanged else 200)
+    return unchanged
+
+
+def _response(body: bytes, headers: Sequence[tuple[str, str]], unchanged: bool) -> Response:
+    if unchanged:
+        response = Response(status=304, headers=headers)
         del response.headers["Content-Type"]
-        metrics.feed_answered(feed_format, 304)
-    else:
-        response = Response(memo.body, headers=memo.headers)
-        metrics.feed_answered(feed_format, 200)
-    return response
+        return response
+    return Response(body, headers=headers)
+
+
+def _wsgi(
+    body: bytes, headers: tuple[tuple[str, str], ...]
+) -> tuple[tuple[str, tuple[tuple[str, str], ...]], tuple[str, tuple[tuple[str, str], ...]]]:
+    """The WSGI status and headers werkzeug gives `_response`'s 200 and 304 (which loses
+    the entity headers, RFC 9110 §15.4.5), made by hand: werkzeug's objects cost more than
+    the rest of the memo."""
+    unchanged = [(k, v) for k, v in headers if k != "Content-Type"]
+    remove_entity_headers(unchanged)
+    whole = (*headers, ("Content-Length", str(len(body))))
+    return ("200 OK", whole), ("304 NOT MODIFIED", tuple(unchanged))
 
 
 def _not_modified(memo: Memo, environ: WSGIEnvironment) -> bool:
@@ -511,32 +603,31 @@ def _not_modified(memo: Memo, environ: WSGIEnvironment) -> bool:
 
 
 def _memo(
-    kind: keys.Kind, name: str, fmt: Format, page: int, limit: int, now: float, base: str
+    kind: keys.Kind,
+    name: str,
+    fmt: Format,
+    page: int,
+    limit: int,
+    now: float,
+    variant: str,
+    read: FeedRead,
 ) -> Memo:
     """The feed as of now: from the rendering cached in Redis for the index's current version,
     else rendered here and cached there for every other web process. Renderings differ by the
-    base URL their links start with."""
-    store = services().store
-    where = hashlib.blake2b(base.encode("utf-8"), digest_size=6).hexdigest()
-    variant = f"{fmt}:{page}:{limit}:{services().fingerprint}:{where}"
-    cached = store.cached_render(kind, name, variant)
-    if cached.body is None:
-        # One entry more than asked tells whether an older page exists (RFC 5005 "next").
-        found = store.stored_entries(kind, name, limit=limit + 1, offset=(page - 1) * limit)
+    base URL their links start with (`variant`)."""
+    cached = read.cached
+    if cached is None:
+        found = read.entries or []
         if page > 1 and not found:
             abort(404, f"page {page} is past the end of this feed")
         info = _info(kind, name, page, len(found) > limit, limit)
         # Entries this process rendered before, for this format and base URL, are joined as
         # they were written; only the others are decoded and written.
-        body, modified = render_stored(fmt, info, found[:limit], site(current_app).fragments)
-        cached = Rendered(
-            cached.version,
-            body,
-            # The ETag is a hash of the bytes: identical data gives it on every worker.
-            hashlib.sha256(body).hexdigest()[:32],
-            http_date(modified) if modified else "",
-        )
-        store.cache_render(kind, name, variant, cached)
+        made = render_stored(fmt, info, found[:limit], site(current_app).fragments)
+        when = http_date(made.modified) if made.modified else ""
+        cached = Rendered(read.version, made.body, made.etag, when)
+        # Written before the answer: a process asked next, even by the same reader, finds it.
+        services().store.cache_render(kind, name, variant, cached)
         metrics.FEED_RENDERS.labels(fmt).inc()
         metrics.CACHE_MISS.inc()
     else:
@@ -556,7 +647,8 @@ def _memo(
         headers["Link"] = f'<{hub}>; rel="hub", <{self_url}>; rel="self"'
     modified = parse_date(cached.last_modified) if cached.last_modified else None
     pairs = tuple(headers.items())
-    return Memo(cached.version, cached.body, pairs, now, cached.etag, modified)
+    whole, unchanged = _wsgi(cached.body, pairs)
+    return Memo(cached.version, cached.body, pairs, now, cached.etag, modified, whole, unchanged)
 
 
 @bp.get("/all.<fmt>")
@@ -590,11 +682,14 @@ def _named(kind: keys.Kind, prefix: str) -> Response | str:
         environ.get("REQUEST_URI"),
         environ.get("RAW_URI"),
     )
-    for reading in readings:
+    names = found.tags if kind == "tag" else found.categories
+    for index, reading in enumerate(readings):
         if _exists(found, kind, reading.name):
             if reading.fmt is None:
                 return _listing(kind, reading.name)
-            return _feed(environ, found, kind, reading.name, reading.fmt)
+            # The first reading, named in feeds.yaml: no stored count decided it.
+            routed = index == 0 and reading.name in names
+            return _feed(environ, found, kind, reading.name, reading.fmt, routed)
     split = urls.extension(urls.raw_tail(environ, prefix))
     if split is not None and _exists(found, kind, split[0]):
         _format(split[1])  # a known name with an unknown format: say which formats there are

@@ -192,6 +192,51 @@ def test_rendering_is_cached_per_index_version(
     assert [i["title"] for i in after["items"]] == ["第2集"]
 
 
+def commands(store: Store) -> dict[str, int]:
+    stats = store.client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def test_a_miss_reads_redis_once_and_a_held_feed_checks_once(config: Config, store: Store) -> None:
+    """One node: the version check, the rendering cached for the version and the entries to
+    render from are one script; the rendering is written back in one MULTI; a feed the
+    process holds is checked with the script alone. (commandstats counts the script's own
+    calls too: GET, HGET, ZREVRANGE, MGET here are the script's.)"""
+    store.save_poll("pod", [entry(1), entry(2)], {}, None)
+    client = create_app(config, store, version_check=0).test_client()
+    assert client.get("/all.atom").status_code == 200  # the script loaded
+
+    def asked(*paths: str, app: FlaskClient = client) -> dict[str, int]:
+        before = commands(store)
+        for path in paths:
+            assert app.get(path).status_code == 200
+        after = commands(store)
+        return {
+            k: n - before.get(k, 0) for k, n in after.items() if k != "info" and n != before.get(k)
+        }
+
+    # a miss, then the same feed held and checked
+    assert asked("/categories/audio.atom", "/categories/audio.atom") == {
+        "evalsha": 2,
+        "get": 2,
+        "hget": 1,
+        "zrevrange": 1,
+        "mget": 1,
+        "multi": 1,
+        "hset": 1,
+        "expire": 1,
+        "exec": 1,
+    }
+    # Another process finds the rendering: the same script reads it, nothing is written.
+    other = create_app(config, store, version_check=0).test_client()
+    assert asked("/categories/audio.atom", app=other) == {
+        "evalsha": 1,
+        "get": 1,
+        "hget": 1,
+        "hmget": 1,
+    }
+
+
 def test_cache_control_follows_the_fastest_source(client: FlaskClient, store: Store) -> None:
     assert client.get("/categories/audio.rss").cache_control.max_age == 600
     assert client.get("/categories/daily.rss").cache_control.max_age == 3600  # capped

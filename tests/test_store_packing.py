@@ -13,7 +13,7 @@ from redis._parsers.encoders import Encoder
 from redis.connection import HiredisRespSerializer
 
 from aggregator.store import Store
-from aggregator.store.base import _PACKER
+from aggregator.store.base import _LARGE, _PACKER
 
 VALUES: list[object] = [
     "plain",
@@ -70,3 +70,16 @@ def test_values_reach_redis_as_redis_py_sends_them(store: Store) -> None:
     for name, value in fields.items():
         expected = bytes(ENCODER.encode(value))  # type: ignore[no-untyped-call]
         assert stored[name.encode()] == expected, (name, value)
+
+
+def test_a_large_argument_is_sent_as_it_is(store: Store) -> None:
+    """A bytes argument over `_LARGE` (a rendered feed) goes to redis-py's packer, which hands
+    it to the socket uncopied: the same bytes reach Redis, beside the command's others."""
+    large = random.Random(3).randbytes(_LARGE + 1)
+    packed = _PACKER.pack("HSET", "k", "version", 7, "body", large, "etag", "é")
+    assert any(part is large for part in packed)
+    assert b"".join(packed) == redis_py_packed(
+        "HSET", "k", "version", 7, "body", large, "etag", "é"
+    )
+    store.binary.hset("h", mapping={"version": 7, "body": large, "etag": "é"})
+    assert store.binary.hgetall("h") == {b"version": b"7", b"body": large, b"etag": "é".encode()}

@@ -19,7 +19,7 @@ StorageError.
 from __future__ import annotations
 
 from aggregator.store.base import DAY, MAX_ATTEMPTS, Address, Lifetimes, connect
-from aggregator.store.cache import Cache, Rendered
+from aggregator.store.cache import Cache, FeedRead, Rendered
 from aggregator.store.entries import Entries, SaveResult
 from aggregator.store.fleet import Fleet, WorkerReport
 from aggregator.store.hosts import HostSlot, HostSlotRequest
@@ -57,6 +57,7 @@ __all__ = [
     "MAX_ATTEMPTS",
     "Address",
     "Distribution",
+    "FeedRead",
     "HostSlot",
     "HostSlotRequest",
     "Lifetimes",
