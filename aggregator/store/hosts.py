@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.commands.core import Script
@@ -55,12 +55,16 @@ class HostSlotRequest:
 HostSlot = tuple[str, str]
 
 
-def _queue_release(k: Layout, pipe: Any, slot: HostSlot, started: bool = True) -> None:
-    """Queue the giving back of one request slot (see `Store.release_host_slots`)."""
-    host, token = slot
-    pipe.zrem(k.host_inflight(host), token)
-    if not started:
-        pipe.zrem(k.host_recent(host), token)
+def _queue_releases(k: Layout, pipe: Any, slots: Iterable[HostSlot], started: bool = True) -> None:
+    """Queue the giving back of request slots (see `Store.release_host_slots`): one ZREM per
+    host and set for all of its tokens, not one per slot."""
+    tokens: dict[str, list[str]] = {}
+    for host, token in slots:
+        tokens.setdefault(host, []).append(token)
+    for host, taken in tokens.items():
+        pipe.zrem(k.host_inflight(host), *taken)
+        if not started:
+            pipe.zrem(k.host_recent(host), *taken)
 
 
 class Hosts(StoreBase):
@@ -150,7 +154,6 @@ class Hosts(StoreBase):
             return []
         with _storage_errors(f"releasing a request slot for {_some(host for host, _ in slots)}"):
             pipe = self.client.pipeline(transaction=False)
-            for slot in slots:
-                _queue_release(self.keys, pipe, slot, started)
+            _queue_releases(self.keys, pipe, slots, started)
             pipe.execute()
         return [None] * len(slots)
