@@ -748,3 +748,15 @@ def test_finish_polls_sends_one_due_write_and_one_release_per_host(
     assert [s.status for s in store.source_states(["a", "b", "c"])] == [200, 304, 304]
     for host in ("one.example", "two.example"):
         assert raw.zcard(keys.ONE_NODE.host_inflight(host)) == 0
+
+
+def test_start_polls_runs_the_slot_script_once_per_host(store: Store, raw: redis.Redis) -> None:
+    """A batch's requests to one host go to the script together, still counted in order."""
+    hosts = ["h.example", "o.example", "h.example", "h.example", "o.example"]
+    starts = [(f"s{i}", slot(host, f"t{i}")) for i, host in enumerate(hosts)]
+    raw.config_resetstat()
+    waits = [wait for _, wait in store.start_polls(starts)]
+    assert raw.info("commandstats")["cmdstat_evalsha"]["calls"] == 2
+    assert waits[:2] == [0, 0] and waits[2] == 0 and waits[3] > 0 and waits[4] == 0
+    assert raw.zrange(keys.host_inflight("h.example"), 0, -1) == ["t0", "t2"]
+    assert raw.zrange(keys.host_inflight("o.example"), 0, -1) == ["t1", "t4"]

@@ -17,7 +17,7 @@ from aggregator import keys
 from aggregator.keys import Layout
 from aggregator.models import SourceState, Validators, guids_from_stored
 from aggregator.store.base import _dt, _some, _storage_errors, _ts
-from aggregator.store.hosts import Hosts, HostSlot, HostSlotRequest, _queue_releases
+from aggregator.store.hosts import Hosts, HostSlot, HostSlotRequest, _queue_releases, _spread
 
 # A source whose due time is still the lease end its last claim set was claimed and its poll
 # never recorded a due time: the lease ran out unfinished, and this claim takes it over. The
@@ -208,12 +208,13 @@ class Schedule(Hosts):
         action = f"reading source states of {_some(n for n, _ in starts)} and taking their slots"
         with _storage_errors(action):
             pipe = self.client.pipeline(transaction=False)
-            for name, request in starts:
+            for name, _ in starts:
                 pipe.hgetall(self.keys.source(name))
-                self._queue_host_slot(pipe, request)
+            groups = self._queue_host_slots(pipe, requests)
             replies = pipe.execute(raise_on_error=False)
-            states = replies[0::2]
-            waits = self._host_slot_waits(requests, replies[1::2])
+            states = replies[: len(starts)]
+            slots = _spread(groups, replies[len(starts) :], len(requests))
+            waits = self._host_slot_waits(requests, slots)
             self._raise_first_error(requests, waits, [*states, *waits])
         return [
             (_state(name, data, None), float(wait))
