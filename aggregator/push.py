@@ -19,13 +19,14 @@ The decisions are aggregator/websub.py's; this module makes the requests and kee
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from aggregator import keys, websub
 from aggregator import store as store_module
@@ -34,13 +35,25 @@ from aggregator.config import Config, Source
 from aggregator.errors import AggregatorError, FetchError, SourceError
 from aggregator.fetch import Fetcher
 from aggregator.models import FetchResult
-from aggregator.store import Address, Store
+from aggregator.store import Address, Distribution, Store
 from aggregator.update import Clock, Outcome, Stored, discovery, store_distributed, utcnow
 from aggregator.websub import Subscription
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# The subscriptions to look after, sorted, and each one's record ({} for none).
+Records = tuple[list[str], list[dict[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A read that raised, kept to be raised where its result is used."""
+
+    error: Exception
+
+
+Read: TypeAlias = T | _Failed  # a read's result, or its failure
 
 LOCK_SECONDS = 120  # a worker's hold on one source's subscription while it asks the hub
 DELIVERIES = 32  # distributions saved per tick
@@ -69,10 +82,21 @@ class Push:
         self.clock = clock
         self.owner = uuid.uuid4().hex
 
+    @functools.cached_property
+    def _wanted(self) -> dict[str, Source]:
+        """The enabled sources that want push, by name: made once, not on every tick from a
+        thousand sources."""
+        return {s.name: s for s in self.config.enabled_sources if s.websub}
+
     async def tick(self) -> None:
         """Save the distributions waiting, take the subscriptions' next steps. Failures are
         logged, never raised: the next tick tries again."""
-        for step in (self.deliver, self.manage, self.publish):
+        # The reads the steps start from (the distributions waiting, the subscriptions) in one
+        # thread hop: a tick runs every second, and on a worker with nothing to push those
+        # reads are all it does, each hop costing as much as its call.
+        inbox, records = await asyncio.to_thread(self._reads)
+        steps = (functools.partial(self.deliver, inbox), functools.partial(self.manage, records))
+        for step in (*steps, self.publish):
             try:
                 await step()
             except AggregatorError as err:
@@ -82,10 +106,25 @@ class Push:
 
     # --- distributions -----------------------------------------------------------------------
 
-    async def deliver(self) -> int:
+    def _reads(self) -> tuple[Read[list[Distribution]], Read[Records]]:
+        """In a thread: `deliver`'s and `manage`'s reads, each its result or its failure
+        (raised by its step, so that each step fails alone as before)."""
+        return _read(self._inbox), _read(self._records)
+
+    def _inbox(self) -> list[Distribution]:
+        return store_module.take_distributions(self.store, DELIVERIES)
+
+    def _records(self) -> Records:
+        """Every subscription to look after (of the enabled sources that want push, and
+        those Redis knows), sorted, and each one's record."""
+        names = sorted(self._wanted.keys() | set(store_module.subscribed_names(self.store)))
+        return names, store_module.subscriptions(self.store, names)
+
+    async def deliver(self, inbox: Read[list[Distribution]] | None = None) -> int:
         """Save what hubs pushed (the web process checked the token and the signature, and
-        took the bodies to Redis). Returns how many were saved."""
-        items = await asyncio.to_thread(store_module.take_distributions, self.store, DELIVERIES)
+        took the bodies to Redis), taken off the inbox here unless `inbox` holds them.
+        Returns how many were saved."""
+        items = _result(inbox if inbox is not None else await asyncio.to_thread(self._inbox))
         saved = 0
         for item in items:
             try:
@@ -195,17 +234,16 @@ class Push:
 
     # --- subscriptions ----------------------------------------------------------------------
 
-    async def manage(self) -> None:
+    async def manage(self, records: Read[Records] | None = None) -> None:
         """Take each subscription's next step (websub.plan), each source's under a lock so
-        that of several workers one asks its hub."""
+        that of several workers one asks its hub; the records read here unless given."""
         now = self.clock().timestamp()
-        wanted = {s.name: s for s in self.config.enabled_sources if s.websub}
-        known = await asyncio.to_thread(store_module.subscribed_names, self.store)
-        names = sorted(set(wanted) | set(known))
-        records = await asyncio.to_thread(store_module.subscriptions, self.store, names)
+        wanted = self._wanted
+        found = records if records is not None else await asyncio.to_thread(self._records)
+        names, fields = _result(found)
         public_url = self.config.settings.public_url
         steps = []
-        for name, raw in zip(names, records, strict=True):
+        for name, raw in zip(names, fields, strict=True):
             sub = Subscription.from_fields(raw)
             action = websub.plan(sub, name in wanted, public_url, now)
             if action != "none":
@@ -362,6 +400,19 @@ class Push:
             return changed.to_fields() if changed is not None else None
 
         return await asyncio.to_thread(store_module.change_subscription, self.store, name, fields)
+
+
+def _read(call: Callable[[], T]) -> Read[T]:
+    try:
+        return call()
+    except Exception as err:
+        return _Failed(err)
+
+
+def _result(read: Read[T]) -> T:
+    if isinstance(read, _Failed):
+        raise read.error
+    return read
 
 
 def _delivered(token: str, when: float) -> Callable[[Subscription], Subscription | None]:

@@ -22,10 +22,11 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -117,34 +118,25 @@ class Worker:
         executor = self.executor or parse_pool()
         self._reload_version = await asyncio.to_thread(self.store.reload_version)
         await self._apply(self.config, executor)
+        # One job runs every duty when its period comes (APScheduler's wake-ups and job runs
+        # were a tenth of an idle worker's loop with one job per duty); each duty runs as a
+        # task of its own, never two at once, so a slow one holds up none of the others.
+        duties = [
+            _Duty(self._tick, self.tick_seconds),
+            _Duty(self._push_tick, self.push_tick_seconds),
+            _Duty(self._report, REPORT_SECONDS),
+        ]
         scheduler = AsyncIOScheduler(event_loop=self._loop)
         scheduler.add_job(
-            self._tick,
+            _start_due,
             "interval",
-            seconds=self.tick_seconds,
+            args=[duties],
+            seconds=min(duty.period for duty in duties),
             next_run_time=self.clock(),
             max_instances=1,
             coalesce=True,
             misfire_grace_time=None,
-            id="tick",
-        )
-        scheduler.add_job(
-            self._push_tick,
-            "interval",
-            seconds=self.push_tick_seconds,
-            next_run_time=self.clock(),
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-            id="push",
-        )
-        scheduler.add_job(
-            self._report,
-            "interval",
-            seconds=REPORT_SECONDS,
-            next_run_time=self.clock(),
-            coalesce=True,
-            id="report",
+            id="duties",
         )
         scheduler.start()
         # What start-up made (the HTTP client, the updater, the scheduler's jobs) lives as long
@@ -345,6 +337,35 @@ class Worker:
         assert self._updater is not None and self._updater.executor is not None
         await self._apply(config, self._updater.executor)
         log.info("reloaded %s: %d sources", config.path, len(config.enabled_sources))
+
+
+@dataclass(eq=False, slots=True)
+class _Duty:
+    """One of the worker's periodic duties: started once its period has passed since it last
+    started, unless it still runs (a missed run is not made up)."""
+
+    run: Callable[[], Coroutine[Any, Any, None]]
+    period: float
+    due: float = float("-inf")  # loop time
+    task: asyncio.Task[None] | None = None
+
+
+async def _start_due(duties: list[_Duty]) -> None:
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    for duty in duties:
+        if now >= duty.due and (duty.task is None or duty.task.done()):
+            # A little early is still due: the job's own wake-ups drift by a few ms.
+            duty.due = now + duty.period * 0.9
+            duty.task = loop.create_task(duty.run())
+            duty.task.add_done_callback(_said_if_crashed)
+
+
+def _said_if_crashed(task: asyncio.Task[None]) -> None:
+    """Log a duty's unexpected failure (as APScheduler did for a job): it runs again next
+    period."""
+    if not task.cancelled() and (err := task.exception()) is not None:
+        log.error("%s crashed", task.get_coro(), exc_info=err)
 
 
 @dataclass(frozen=True, slots=True)

@@ -720,3 +720,43 @@ def test_entries_are_stored_compressed_and_plain_json_still_reads(store: Store) 
     as_zstd = ZSTD_MARK + zstandard.ZstdCompressor(level=1).compress(e.to_json_bytes())
     store.binary.set(keys.entry("z"), as_zstd)  # as written before the dictionary
     assert store.entry("z") == e
+
+
+def test_finish_polls_sends_one_due_write_and_one_release_per_host(
+    store: Store, raw: redis.Redis
+) -> None:
+    """redis-py's work is per command: a batch of polls writes every due time in one ZADD and
+    gives back each host's slots in one ZREM, with the same effect as one of each per poll."""
+    later = T0 + timedelta(minutes=15)
+    slots = [("one.example", "t1"), ("two.example", "t2"), ("one.example", "t3")]
+    for host, token in slots:
+        assert store.take_host_slot(host, token, T0.timestamp(), 60, 5, 60) == 0
+    polls: list[tuple[StateWrite, HostSlot | None]] = [
+        (("a", {"status": 304}, later), slots[0]),
+        (("b", {"status": 304}, later + timedelta(seconds=1)), slots[1]),
+        (("c", {"status": 304}, None), slots[2]),
+        (("a", {"status": 200}, later + timedelta(seconds=2)), None),  # its last poll's wins
+    ]
+    raw.config_resetstat()
+    store.finish_polls(polls)
+    stats = raw.info("commandstats")
+    assert stats["cmdstat_zadd"]["calls"] == 1
+    assert stats["cmdstat_zrem"]["calls"] == 2
+    assert raw.zscore(keys.DUE, "a") == pytest.approx((later + timedelta(seconds=2)).timestamp())
+    assert raw.zscore(keys.DUE, "b") == pytest.approx((later + timedelta(seconds=1)).timestamp())
+    assert raw.zscore(keys.DUE, "c") is None
+    assert [s.status for s in store.source_states(["a", "b", "c"])] == [200, 304, 304]
+    for host in ("one.example", "two.example"):
+        assert raw.zcard(keys.ONE_NODE.host_inflight(host)) == 0
+
+
+def test_start_polls_runs_the_slot_script_once_per_host(store: Store, raw: redis.Redis) -> None:
+    """A batch's requests to one host go to the script together, still counted in order."""
+    hosts = ["h.example", "o.example", "h.example", "h.example", "o.example"]
+    starts = [(f"s{i}", slot(host, f"t{i}")) for i, host in enumerate(hosts)]
+    raw.config_resetstat()
+    waits = [wait for _, wait in store.start_polls(starts)]
+    assert raw.info("commandstats")["cmdstat_evalsha"]["calls"] == 2
+    assert waits[:2] == [0, 0] and waits[2] == 0 and waits[3] > 0 and waits[4] == 0
+    assert raw.zrange(keys.host_inflight("h.example"), 0, -1) == ["t0", "t2"]
+    assert raw.zrange(keys.host_inflight("o.example"), 0, -1) == ["t1", "t4"]

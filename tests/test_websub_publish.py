@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import feedparser
@@ -180,3 +182,36 @@ def test_a_failing_hub_is_pinged_again_with_backoff(
     # they fail again, and the backoff doubles; a third time; the fourth reaches the hub
     assert seen == [0, 3, 3, 6, 6, 9, 12]
     assert Counter(hub.pings) == Counter(expected)  # each reached the hub once in the end
+
+
+def test_a_push_tick_reads_in_one_thread_hop_and_each_step_fails_alone(
+    write_config: ConfigWriter,
+    feed_server: FeedServer,
+    store: Store,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A WebSub tick runs every second: its reads (the inbox, the subscriptions) share one
+    thread hop, and a failed read still fails only the step that needed it."""
+    loaded = write_config.write([{"name": "news", "url": feed_server.url("rss2.xml")}])
+    store.client.set(keys.WEBSUB_INBOX, "not a list")  # the inbox cannot be read
+    store.client.set(keys.WEBSUB_NAMES, "not a set")  # nor the subscriptions
+    hops: list[object] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await to_thread(func, *args, **kwargs)
+
+    async def tick() -> None:
+        async with Fetcher(loaded.settings) as fetcher:
+            push = Push(loaded, store, fetcher)
+            monkeypatch.setattr(asyncio, "to_thread", counted)
+            await push.tick()
+
+    with caplog.at_level(logging.ERROR, logger="aggregator.push"):
+        asyncio.run(tick())
+    said = [r.getMessage() for r in caplog.records if r.name == "aggregator.push"]
+    assert len(hops) == 1
+    assert [m for m in said if "taking WebSub distributions" in m]
+    assert [m for m in said if "reading WebSub subscriptions" in m]

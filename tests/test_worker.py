@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from aggregator import config as config_module
 from aggregator import keys
-from aggregator.scheduler import Worker
+from aggregator.scheduler import Worker, _Duty, _start_due
 from aggregator.store import Store
 from tests.conftest import ConfigWriter, FeedServer, Route
 
@@ -155,3 +156,42 @@ def test_an_unchanged_document_is_logged_at_debug_a_changed_one_at_info(
         ("INFO", "poll tech: HTTP 200, 3 entries, 3 new, 0 updated"),
         ("DEBUG", "poll tech: HTTP 304, 3 entries, 0 new, 0 updated"),
     ]
+
+
+def test_one_job_runs_each_duty_at_its_period_never_twice_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The worker's duties (the tick, the WebSub tick, the report) share one scheduler job:
+    each starts when its period comes, unless it still runs; a crash is logged and the duty
+    runs again at its next period."""
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def slow() -> None:
+        started.append("slow")
+        await release.wait()
+
+    async def often() -> None:
+        started.append("often")
+
+    async def crashes() -> None:
+        started.append("crashes")
+        raise RuntimeError("boom")
+
+    async def scenario() -> None:
+        duties = [_Duty(slow, 0.01), _Duty(often, 0.01), _Duty(crashes, 0.01), _Duty(often, 60)]
+        for _ in range(3):
+            await _start_due(duties)
+            await asyncio.sleep(0.02)
+        release.set()
+        await asyncio.sleep(0.02)
+        await _start_due(duties)
+        await asyncio.sleep(0)
+
+    with caplog.at_level(logging.ERROR, logger="aggregator.scheduler"):
+        asyncio.run(scenario())
+    assert started.count("slow") == 2  # not while it ran; again once it had ended
+    assert started.count("often") == 4 + 1  # every run; the 60 s one once
+    assert started.count("crashes") == 4
+    crashes_logged = [r for r in caplog.records if "crashed" in r.getMessage()]
+    assert len(crashes_logged) == 4 and all(r.exc_info for r in crashes_logged)

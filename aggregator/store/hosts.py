@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.commands.core import Script
@@ -17,24 +17,30 @@ from aggregator.store.base import StoreBase, _some, _storage_errors
 
 # Politeness per host, across every worker (settings.per_host): at most `concurrency` requests
 # under way and `per_minute` started in any sliding minute. A slot whose worker died lapses.
-# Returns '0' when the slot is taken, else the seconds to wait (as text: Lua numbers are
-# truncated to integers on the way out).
+# For each request of one host, in order (5 arguments each: now, lease end, token,
+# concurrency, per_minute): '0' when the slot is taken, else the seconds to wait (as text:
+# Lua numbers are truncated to integers on the way out).
 _HOST_SLOT = """
-local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
-  return '0.05'
+local waits = {}
+for i = 1, #ARGV, 5 do
+  local now = tonumber(ARGV[i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60)
+  local wait = '0'
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[i + 3]) then
+    wait = '0.05'
+  elseif redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[i + 4]) then
+    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    wait = tostring(math.max(tonumber(oldest[2]) + 60 - now, 0.01))
+  else
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+    redis.call('ZADD', KEYS[2], now, ARGV[i + 2])
+    redis.call('EXPIRE', KEYS[1], 3600)
+    redis.call('EXPIRE', KEYS[2], 120)
+  end
+  table.insert(waits, wait)
 end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return tostring(math.max(tonumber(oldest[2]) + 60 - now, 0.01))
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], now, ARGV[3])
-redis.call('EXPIRE', KEYS[1], 3600)
-redis.call('EXPIRE', KEYS[2], 120)
-return '0'
+return waits
 """
 
 
@@ -53,14 +59,29 @@ class HostSlotRequest:
 
 # A request slot taken with `take_host_slots`: (host, token).
 HostSlot = tuple[str, str]
+_Groups = list[list[int]]  # positions of the requests each queued script call asks for
 
 
-def _queue_release(k: Layout, pipe: Any, slot: HostSlot, started: bool = True) -> None:
-    """Queue the giving back of one request slot (see `Store.release_host_slots`)."""
-    host, token = slot
-    pipe.zrem(k.host_inflight(host), token)
-    if not started:
-        pipe.zrem(k.host_recent(host), token)
+def _spread(groups: _Groups, replies: Sequence[Any], count: int) -> list[Any]:
+    """Each of `count` requests' reply, out of the script calls' `replies` (`groups` says
+    whose): a call that failed fails each of its requests."""
+    waits: list[Any] = [None] * count
+    for positions, reply in zip(groups, replies, strict=True):
+        for k, i in enumerate(positions):
+            waits[i] = reply if isinstance(reply, Exception) else reply[k]
+    return waits
+
+
+def _queue_releases(k: Layout, pipe: Any, slots: Iterable[HostSlot], started: bool = True) -> None:
+    """Queue the giving back of request slots (see `Store.release_host_slots`): one ZREM per
+    host and set for all of its tokens, not one per slot."""
+    tokens: dict[str, list[str]] = {}
+    for host, token in slots:
+        tokens.setdefault(host, []).append(token)
+    for host, taken in tokens.items():
+        pipe.zrem(k.host_inflight(host), *taken)
+        if not started:
+            pipe.zrem(k.host_recent(host), *taken)
 
 
 class Hosts(StoreBase):
@@ -77,8 +98,9 @@ class Hosts(StoreBase):
         return self.take_host_slots([request])[0]
 
     def take_host_slots(self, requests: Sequence[HostSlotRequest]) -> list[float]:
-        """`take_host_slot` for each request, in order, in one round trip. Each runs the
-        script on its own, so requests of one batch for one host count against each other."""
+        """`take_host_slot` for each request, in order, in one round trip. The script takes
+        a host's requests in order, so requests of one batch for one host count against
+        each other."""
         if not requests:
             return []
         with _storage_errors(f"taking a request slot for {_some(r.host for r in requests)}"):
@@ -86,28 +108,29 @@ class Hosts(StoreBase):
             self._raise_first_error(requests, waits, waits)
         return [float(wait) for wait in waits]
 
-    def _queue_host_slot(self, pipe: Any, r: HostSlotRequest) -> None:
-        """Queue the host slot script for one request. EVALSHA itself, not the Script object:
-        a Script in a pipeline first asks SCRIPT EXISTS, a round trip of its own on every
-        batch."""
-        pipe.evalsha(
-            self._host_slot.sha,
-            2,
-            self.keys.host_inflight(r.host),
-            self.keys.host_recent(r.host),
-            r.now,
-            r.now + r.lease,
-            r.token,
-            r.concurrency,
-            r.per_minute,
-        )
+    def _queue_host_slots(self, pipe: Any, requests: Sequence[HostSlotRequest]) -> _Groups:
+        """Queue the host slot script once per host, for that host's requests in order: a
+        command costs redis-py as much as the next, and a poller's batch of polls often
+        asks one host many times. EVALSHA itself, not the Script object: a Script in a
+        pipeline first asks SCRIPT EXISTS, a round trip of its own on every batch. Returns
+        the positions in `requests` of each command's requests (for `_spread`)."""
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.host, []).append(i)
+        for host, positions in groups.items():
+            args: list[float | str | int] = []
+            for i in positions:
+                r = requests[i]
+                args += [r.now, r.now + r.lease, r.token, r.concurrency, r.per_minute]
+            keys = (self.keys.host_inflight(host), self.keys.host_recent(host))
+            pipe.evalsha(self._host_slot.sha, 2, *keys, *args)
+        return list(groups.values())
 
     def _host_slot_replies(self, requests: Sequence[HostSlotRequest]) -> list[Any]:
         """One pipeline of the host slot script, its replies (errors among them) in order."""
         pipe = self.client.pipeline(transaction=False)
-        for r in requests:
-            self._queue_host_slot(pipe, r)
-        return list(pipe.execute(raise_on_error=False))
+        groups = self._queue_host_slots(pipe, requests)
+        return _spread(groups, pipe.execute(raise_on_error=False), len(requests))
 
     def _host_slot_waits(
         self, requests: Sequence[HostSlotRequest], replies: Sequence[Any]
@@ -150,7 +173,6 @@ class Hosts(StoreBase):
             return []
         with _storage_errors(f"releasing a request slot for {_some(host for host, _ in slots)}"):
             pipe = self.client.pipeline(transaction=False)
-            for slot in slots:
-                _queue_release(self.keys, pipe, slot, started)
+            _queue_releases(self.keys, pipe, slots, started)
             pipe.execute()
         return [None] * len(slots)

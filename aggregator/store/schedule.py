@@ -17,7 +17,7 @@ from aggregator import keys
 from aggregator.keys import Layout
 from aggregator.models import SourceState, Validators, guids_from_stored
 from aggregator.store.base import _dt, _some, _storage_errors, _ts
-from aggregator.store.hosts import Hosts, HostSlot, HostSlotRequest, _queue_release
+from aggregator.store.hosts import Hosts, HostSlot, HostSlotRequest, _queue_releases, _spread
 
 # A source whose due time is still the lease end its last claim set was claimed and its poll
 # never recorded a due time: the lease ran out unfinished, and this claim takes it over. The
@@ -74,15 +74,22 @@ class Schedule(Hosts):
         makes for such a poll, for each (source, state, next due time) in order, each poll
         also giving back the request slot it names (if any): a poll that ends with its state
         costs one round trip, not two. Nothing is read first, so nothing is WATCHed and there
-        is nothing to retry."""
+        is nothing to retry. The due times go in one ZADD and the slots in one ZREM per host,
+        after the states: redis-py's work is per command, whatever its size (on a cluster,
+        where this is no transaction, a state recorded without its due time is polled again
+        when its lease runs out, as before)."""
         if not polls:
             return []
         with _storage_errors(f"saving {_some(source for (source, _, _), _ in polls)}"):
             pipe: Any = self._batch()
-            for (source, state, next_due), slot in polls:
-                _queue_state(self.keys, pipe, source, state, next_due)
-                if slot is not None:
-                    _queue_release(self.keys, pipe, slot)
+            due: dict[str, float] = {}
+            for (source, state, next_due), _ in polls:
+                _queue_state(self.keys, pipe, source, state, None)
+                if next_due is not None:
+                    due[source] = _ts(next_due)  # a source twice: its last poll's, as in order
+            if due:
+                pipe.zadd(keys.DUE, due)
+            _queue_releases(self.keys, pipe, (slot for _, slot in polls if slot is not None))
             pipe.execute()
         return [None] * len(polls)
 
@@ -201,12 +208,13 @@ class Schedule(Hosts):
         action = f"reading source states of {_some(n for n, _ in starts)} and taking their slots"
         with _storage_errors(action):
             pipe = self.client.pipeline(transaction=False)
-            for name, request in starts:
+            for name, _ in starts:
                 pipe.hgetall(self.keys.source(name))
-                self._queue_host_slot(pipe, request)
+            groups = self._queue_host_slots(pipe, requests)
             replies = pipe.execute(raise_on_error=False)
-            states = replies[0::2]
-            waits = self._host_slot_waits(requests, replies[1::2])
+            states = replies[: len(starts)]
+            slots = _spread(groups, replies[len(starts) :], len(requests))
+            waits = self._host_slot_waits(requests, slots)
             self._raise_first_error(requests, waits, [*states, *waits])
         return [
             (_state(name, data, None), float(wait))
