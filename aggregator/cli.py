@@ -401,10 +401,12 @@ def worker(metrics_port: int | None) -> None:
 
     _logging()
     config = _config()
-    if metrics_port is not None:
-        from prometheus_client import start_http_server
+    from aggregator import metrics
 
-        from aggregator import metrics
+    if metrics_port is None:
+        metrics.stop_counting()  # no one can read them: count nothing, import no prometheus
+    else:
+        from prometheus_client import start_http_server
 
         metrics.made()
         try:

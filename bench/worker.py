@@ -1,6 +1,6 @@
 """`aggregator worker` in its steady state: CPU seconds per warm round of every source.
 
-    python bench/worker.py --feeds 1000 --interval 20 --repeat 3 [--profile]
+    python bench/worker.py --feeds 1000 --interval 20 --repeat 3 [--profile] [--metrics]
 
 Starts `aggregator worker` as a subprocess on the farm (AGGREGATOR_CONFIG and
 AGGREGATOR_REDIS_URL as for `aggregator poll`), every source at `--interval` seconds, and lets
@@ -19,7 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-from harness import BIN, Report, Sample, Target, bench, log, py_spy, stop_process, tree_cpu
+from harness import (
+    BIN,
+    Report,
+    Sample,
+    Target,
+    bench,
+    free_port,
+    log,
+    py_spy,
+    stop_process,
+    tree_cpu,
+)
 
 
 def statuses(access_log: Path) -> tuple[int, int]:
@@ -37,16 +48,23 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="run the worker with --metrics-port (it counts its polls only then)",
+    )
     args = parser.parse_args()
     n = args.feeds
-    report = Report(f"`aggregator worker`, {n} sources polled every {args.interval:g} s")
+    served = ", with --metrics-port" if args.metrics else ""
+    report = Report(f"`aggregator worker`{served}, {n} sources polled every {args.interval:g} s")
     with bench(n, keep=args.keep, access_log=True) as b:
         b.configure({"default_interval": f"{args.interval:g}s"})
         env, access = b.env(), b.workdir / "access.log"
+        command = [str(BIN / "aggregator"), "worker"]
+        if args.metrics:
+            command += ["--metrics-port", str(free_port())]
         with open(b.workdir / "worker.log", "wb") as out:
-            worker = subprocess.Popen(
-                [str(BIN / "aggregator"), "worker"], env=env, stdout=out, stderr=out
-            )
+            worker = subprocess.Popen(command, env=env, stdout=out, stderr=out)
         try:
             deadline = time.monotonic() + 60 + 4 * args.interval
             while statuses(access)[0] < n:  # the cold round and one warm round

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -205,3 +207,30 @@ def test_status_lists_running_workers(site: Site) -> None:
 
 def test_status_lists_running_workers_on_a_cluster(cluster_site: Site) -> None:
     check_fleet_view(cluster_site)
+
+
+def test_a_worker_without_metrics_port_counts_nothing(site: Site) -> None:
+    """A worker whose metrics no one can read (no --metrics-port) polls as any other and
+    reports to the fleet view, but never imports prometheus_client to count."""
+    site.write(standard_sources(site))
+    log = site.root / "importtime.log"
+    with log.open("wb") as err:
+        worker = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "-m", "aggregator", "worker"],
+            env=site.env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            cwd=site.root,
+        )
+    try:
+
+        def polled() -> bool:
+            rows = workers_table(site)
+            return any(r["pid"] == str(worker.pid) and int(r["polls"]) >= 2 for r in rows.values())
+
+        wait_for(polled, "the worker polled both sources", 30)
+    finally:
+        assert stop(worker, signal.SIGTERM) == 0
+    imported = log.read_text(encoding="utf-8", errors="replace")
+    assert "aggregator.scheduler" in imported  # the log is the worker's
+    assert "prometheus_client" not in imported
