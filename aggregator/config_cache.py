@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 _FORMAT = 1
 # Files kept, one per feeds.yaml path (and Redis URL): the most recently written stay.
 KEEP = 16
+# A file: this mark, the key's SHA-256 digest, then the pickled configuration.
+_HEAD = b"aggregator-config\n"
+_DIGEST = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +85,16 @@ def read(folder: Path, key: Key) -> object | None:
             if not (_ours(os.stat(folder)) and _ours(os.fstat(f.fileno()))):
                 log.debug("config cache: %s is not this user's alone; not read", file)
                 return None
-            digest, value = pickle.load(f)  # noqa: S301 - a file only this user can write
+            # The key's digest first, alone: a file kept for another key (an older release,
+            # an edited feeds.yaml) is never unpickled further.
+            if f.read(len(_HEAD)) != _HEAD or f.read(_DIGEST) != key.digest():
+                return None
+            kept: object = pickle.load(f)  # noqa: S301 - a file only this user can write
     except FileNotFoundError:
         return None
     except Exception as err:  # noqa: BLE001 - a damaged file is read past, never fatal
         log.debug("config cache: %s unreadable (%s); reading feeds.yaml", file, err)
         return None
-    if digest != key.digest():
-        return None
-    kept: object = value
     return kept
 
 
@@ -106,7 +110,8 @@ def write(folder: Path, key: Key, value: object) -> None:
         fd, temp = tempfile.mkstemp(dir=folder, prefix=".config-", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                pickle.dump((key.digest(), value), f, protocol=pickle.HIGHEST_PROTOCOL)
+                f.write(_HEAD + key.digest())
+                pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(temp, folder / key.name())
         except BaseException:
             os.unlink(temp)

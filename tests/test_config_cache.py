@@ -176,3 +176,34 @@ def test_the_folder_keeps_the_most_recent_files(tmp_path: Path) -> None:
     assert len(list(folder.glob("config-*.pickle"))) == config_cache.KEEP
     assert config_cache.read(folder, keys[-1]) == len(keys) - 1
     assert config_cache.read(folder, keys[0]) is None
+
+
+_UNPICKLED: list[str] = []
+
+
+def _unpickled(tag: str) -> str:
+    _UNPICKLED.append(tag)
+    return tag
+
+
+class _Tracked:
+    """Records every time it is unpickled."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _unpickled, (self.tag,)
+
+
+def test_a_file_kept_for_another_key_is_never_unpickled(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    before = config_cache.Key("feeds.yaml", "", b"sources: []\n", ())
+    after = config_cache.Key("feeds.yaml", "", b"sources: []\n# edited\n", ())
+    assert before.name() == after.name()  # one file per path: the edit replaces it
+    config_cache.write(folder, before, _Tracked("kept"))
+    _UNPICKLED.clear()
+    assert config_cache.read(folder, after) is None
+    assert _UNPICKLED == []
+    assert config_cache.read(folder, before) == "kept"
+    assert _UNPICKLED == ["kept"]
