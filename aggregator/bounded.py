@@ -239,6 +239,7 @@ class ParsePool(Executor):
         self._solo: ProcessPoolExecutor | None = None
         self._solo_busy = False
         self._closed = False
+        self._retired: list[ProcessPoolExecutor] = []  # broken pools, ended at shutdown
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -284,6 +285,10 @@ class ParsePool(Executor):
         for pool in (generation.pool if generation else None, solo):
             if pool is not None:
                 pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        with self._lock:
+            retired, self._retired = self._retired, []
+        for pool in retired:
+            _end_workers(pool)
 
     async def run(self, url: str, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in a worker; a bound hit or a dead worker is `ParseError(url, reason)`."""
@@ -303,10 +308,11 @@ class ParsePool(Executor):
         return self._generation
 
     def _retire(self, generation: _Generation) -> None:
-        """A broken pool is not used again; it has already ended its own processes."""
+        """A broken pool is not used again; it ends its own processes (see `_end_workers`)."""
         if self._generation is generation:
             self._generation = None
             self.restarts += 1
+            self._retired.append(generation.pool)
 
     def _main_done(self, generation: _Generation, call: _Call, inner: Future[Any]) -> None:
         broken = not inner.cancelled() and isinstance(inner.exception(), BrokenProcessPool)
@@ -360,11 +366,26 @@ class ParsePool(Executor):
             if broken and self._solo is solo:
                 self._solo = None
                 self.restarts += 1
+                self._retired.append(solo)
         if broken:  # alone in its process: this call is the one that kills workers
             _fail(call.outer, WorkerDied(_DIED, repr(inner.exception())))
         else:
             _settle(call.outer, inner)
         self._pump()
+
+
+def _end_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill what is left of a broken pool's workers. CPython's clean-up of a broken pool
+    (`terminate_broken`) signals the workers it knows of, then joins them; a worker the pool
+    started meanwhile (it starts them on demand, when a call is submitted) is never told to
+    stop, so that join, and then the interpreter's exit, which joins the pool's thread, wait
+    for ever: a worker that would not stop, seen once in the test suite."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        try:
+            if process.pid is not None and process.exitcode is None:
+                process.kill()
+        except (OSError, ValueError):
+            pass  # gone meanwhile, or already closed
 
 
 def _settle(outer: Future[Any], inner: Future[Any]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import multiprocessing
 import os
 import pickle
 import resource
@@ -199,6 +200,26 @@ def test_bystanders_of_a_dead_worker_are_run_again_alone() -> None:
         assert killer.reason == err_reason_died()
         assert p.restarts == 2  # the shared pool, then the killer's own
         assert p.submit(str, "ok").result() == "ok"
+
+
+def test_shutdown_ends_every_worker_of_a_broken_pool() -> None:
+    """A broken pool's clean-up signals the workers it knows of, then waits for all of
+    them; one it started meanwhile (on demand, as a call came in) would never stop, nor would
+    the interpreter at exit. Shutdown kills what is left of every broken pool."""
+    p = ParsePool(1, seconds=5, memory_bytes=MEMORY)
+    assert p.submit(abs, -1).result() == 1
+    broken = p._generation.pool if p._generation else None
+    assert broken is not None
+    with pytest.raises(ParseError):
+        asyncio.run(p.run(URL, signal.raise_signal, signal.SIGKILL))
+    assert p.restarts == 1
+    # What the race leaves: a live process among the broken pool's workers.
+    late = multiprocessing.get_context("forkserver").Process(target=time.sleep, args=(60,))
+    late.start()
+    broken._processes[late.pid] = late  # type: ignore[attr-defined,index]
+    p.shutdown()
+    late.join(10)
+    assert late.exitcode is not None, "a broken pool's worker outlived the shutdown"
 
 
 def test_no_new_calls_after_shutdown() -> None:
