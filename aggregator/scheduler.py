@@ -149,6 +149,12 @@ class Worker:
             await self._stop.wait()
         finally:
             scheduler.shutdown(wait=False)
+            # The duties run as tasks of their own: a tick finishing now would start polls on
+            # a client about to close, a report would list the worker again after it left.
+            running = [d.task for d in duties if d.task is not None and not d.task.done()]
+            for started in running:
+                started.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
             await self._report(stopping=True)
             for task in self._tasks:
                 task.cancel()
@@ -191,8 +197,11 @@ class Worker:
             # claim): a tick runs every second whether or not anything is due, and on an idle
             # worker each hop cost as much as its calls.
             claim = self._leases_to_move(self.clock())
-            version, claimed = await asyncio.to_thread(self._claim, claim, self._reload_version)
-            if version != self._reload_version:
+            # The version as of now: a SIGHUP during the hop below asks the next tick to
+            # reload, and must not cost this one the claims it has made meanwhile.
+            known = self._reload_version
+            version, claimed = await asyncio.to_thread(self._claim, claim, known)
+            if version != known:
                 await self._reload(version)
                 claim = self._leases_to_move(self.clock())  # under the configuration now in use
                 _, claimed = await asyncio.to_thread(self._claim, claim, None)

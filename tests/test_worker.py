@@ -195,3 +195,58 @@ def test_one_job_runs_each_duty_at_its_period_never_twice_at_once(
     assert started.count("crashes") == 4
     crashes_logged = [r for r in caplog.records if "crashed" in r.getMessage()]
     assert len(crashes_logged) == 4 and all(r.exc_info for r in crashes_logged)
+
+
+def test_a_reload_asked_during_a_tick_keeps_the_tick_s_claims(
+    write_config: ConfigWriter,
+    feed_server: FeedServer,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGHUP (or `aggregator reload`) while a tick's claim is on its way to Redis: the next
+    tick reloads, and the sources this one claimed are still polled now, not when their lease
+    runs out."""
+    write_config.write([{"name": "tech", "url": feed_server.url("rss2.xml"), "interval": "1h"}])
+    claim = Worker._claim
+    asked: list[bool] = []
+
+    def claim_then_sighup(self: Worker, *args: object) -> object:
+        found = claim(self, *args)  # type: ignore[arg-type]
+        if found[1][2] and not asked:  # it claimed something
+            asked.append(True)
+            self._request_reload()  # what SIGHUP does, while the claim is in flight
+        return found
+
+    monkeypatch.setattr(Worker, "_claim", claim_then_sighup)
+    with running(store):
+        eventually(lambda: store.source_states(["tech"])[0].last_poll is not None, timeout=5)
+    assert asked
+
+
+def test_stopping_cancels_the_duties_before_the_worker_leaves(
+    write_config: ConfigWriter, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A duty still running when the worker stops is cancelled before its last report: none
+    goes on past the HTTP client's close or lists the worker again after it left."""
+    write_config.write([])
+    events: list[str] = []
+    report = Worker._report
+
+    async def endless_push_tick(self: Worker) -> None:
+        events.append("push tick")
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+
+    async def reported(self: Worker, stopping: bool = False) -> None:
+        if stopping:
+            events.append("last report")
+        await report(self, stopping=stopping)
+
+    monkeypatch.setattr(Worker, "_push_tick", endless_push_tick)
+    monkeypatch.setattr(Worker, "_report", reported)
+    with running(store):
+        eventually(lambda: "push tick" in events)
+    assert events[-2:] == ["cancelled", "last report"], events
