@@ -8,6 +8,7 @@ reading the file it is given; `from_environ` is the one place `os.environ` is re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -245,7 +246,7 @@ class Source:
     def category_name(self) -> str:
         return self.category or self.name
 
-    @property
+    @functools.cached_property  # a hash, read on every poll of the source
     def filing_key(self) -> str:
         """A fingerprint of what of this source's configuration shapes its stored entries:
         its filters, category, tags and title ("" when none is set). A poll that finds it

@@ -339,7 +339,7 @@ def guids_to_stored(guids: Mapping[str, str]) -> bytes:
 
 
 def guids_from_stored(raw: bytes) -> dict[str, str]:
-    data: dict[str, str] = _loads(zstandard.ZstdDecompressor().decompress(raw))
+    data: dict[str, str] = _loads(_ZSTD.decompressor().decompress(raw))
     return data
 
 

@@ -120,11 +120,11 @@ class Push:
         names = sorted(self._wanted.keys() | set(store_module.subscribed_names(self.store)))
         return names, store_module.subscriptions(self.store, names)
 
-    async def deliver(self, inbox: Read[list[Distribution]] | None = None) -> int:
+    async def deliver(self, inbox: Read[list[Distribution]]) -> int:
         """Save what hubs pushed (the web process checked the token and the signature, and
-        took the bodies to Redis), taken off the inbox here unless `inbox` holds them.
-        Returns how many were saved."""
-        items = _result(inbox if inbox is not None else await asyncio.to_thread(self._inbox))
+        took the bodies to Redis), as taken off the inbox (`inbox`). Returns how many were
+        saved."""
+        items = _result(inbox)
         saved = 0
         for item in items:
             try:
@@ -234,13 +234,12 @@ class Push:
 
     # --- subscriptions ----------------------------------------------------------------------
 
-    async def manage(self, records: Read[Records] | None = None) -> None:
-        """Take each subscription's next step (websub.plan), each source's under a lock so
-        that of several workers one asks its hub; the records read here unless given."""
+    async def manage(self, records: Read[Records]) -> None:
+        """Take each subscription's next step (websub.plan) from `records`, each source's
+        under a lock so that of several workers one asks its hub."""
         now = self.clock().timestamp()
         wanted = self._wanted
-        found = records if records is not None else await asyncio.to_thread(self._records)
-        names, fields = _result(found)
+        names, fields = _result(records)
         public_url = self.config.settings.public_url
         steps = []
         for name, raw in zip(names, fields, strict=True):

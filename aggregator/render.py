@@ -102,7 +102,7 @@ def last_modified(entries: Sequence[Entry]) -> datetime | None:
 
 def render(fmt: Format, info: FeedInfo, entries: Sequence[Entry]) -> bytes:
     newest = max((updated(e) for e in entries), default=EPOCH)
-    return _assemble(fmt, info, newest, [_entry_bytes(fmt, info, e) for e in entries])
+    return _join(_frame(fmt, info, newest), [_entry_bytes(fmt, info, e) for e in entries])
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +251,6 @@ def _entry_bytes(fmt: Format, info: FeedInfo, entry: Entry) -> bytes:
     parts: list[str] = []
     (_atom_entry if fmt == "atom" else _rss_item)(parts, entry, info)
     return "".join(parts).encode("utf-8")
-
-
-def _assemble(fmt: Format, info: FeedInfo, newest: datetime, parts: Sequence[bytes]) -> bytes:
-    return _join(_frame(fmt, info, newest), parts)
 
 
 def _join(frame: tuple[bytes, bytes, bytes], parts: Sequence[bytes]) -> bytes:
@@ -431,11 +427,6 @@ def _author(author: Author, fmt: Format) -> dict[str, str]:
     name = xml_text(author.name) or (xml_text(author.email) if fmt == "atom" else "")
     out = {"name": name, "email": email, "uri": xml_text(author.uri)}
     return {k: v for k, v in out.items() if v}
-
-
-def render_json(info: FeedInfo, entries: Sequence[Entry]) -> bytes:
-    items = [_dumps(_json_item(info, e)).encode("utf-8") for e in entries]
-    return _join(_json_frame(info), items)
 
 
 def _dumps(value: object) -> str:

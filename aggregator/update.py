@@ -410,17 +410,8 @@ class Updater:
         self._finish_polls: Batcher[tuple[StateWrite, HostSlot | None], None] = Batcher(
             store.finish_polls
         )
-        self._filings: dict[str, tuple[Source, str]] = {}  # name → (source, its filing key)
         self._take_slots: Batcher[HostSlotRequest, float] = Batcher(store.take_host_slots)
         self._release_slots: Batcher[HostSlot, None] = Batcher(store.release_host_slots)
-
-    def _filing(self, source: Source) -> str:
-        """`source.filing_key`, worked out once per source (a hash of its configuration, on
-        every poll otherwise)."""
-        known = self._filings.get(source.name)
-        if known is None or known[0] is not source:
-            known = self._filings[source.name] = (source, source.filing_key)
-        return known[1]
 
     async def poll(self, source: Source) -> Outcome:
         """Poll one source now and record the result. Never raises for the source's own faults;
@@ -443,7 +434,7 @@ class Updater:
         # A document read under an earlier version, or under another filing (filters, tags,
         # category, title), is read whole again: what it lists must be recorded, its entries
         # filed anew, what the filters refuse taken back.
-        filing = self._filing(source)
+        filing = source.filing_key
         whole = previous.listing != LISTING or previous.filing != filing
         try:
             with metrics.FETCH_SECONDS.time():

@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 from urllib.parse import quote
 
 from flask import Blueprint, Flask, Response, abort, current_app, render_template, request
@@ -432,6 +432,16 @@ def _exists(found: Services, kind: keys.Kind, name: str) -> bool:
 _KEPT = 1024
 _paging_kept: dict[str, tuple[int, int]] = {}
 _bases_kept: dict[tuple[object, ...], str] = {}
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _keep(table: dict[K, V], key: K, value: V) -> V:
+    """`table[key] = value`, the table emptied first when it holds `_KEPT`."""
+    if len(table) >= _KEPT:
+        table.clear()
+    table[key] = value
+    return value
 
 
 def _paging(environ: WSGIEnvironment) -> tuple[int, int]:
@@ -441,10 +451,7 @@ def _paging(environ: WSGIEnvironment) -> tuple[int, int]:
         return 1, DEFAULT_LIMIT
     found = _paging_kept.get(query)
     if found is None:
-        found = _page(), _limit()
-        if len(_paging_kept) >= _KEPT:
-            _paging_kept.clear()
-        _paging_kept[query] = found
+        found = _keep(_paging_kept, query, (_page(), _limit()))
     return found
 
 
@@ -464,10 +471,7 @@ def _base(found: Services, environ: WSGIEnvironment) -> str:
         scheme = request.scheme if request.scheme in ("http", "https") else "http"
         # Werkzeug gives "" for a Host header with characters no host name has.
         host = request.host or _server_host(environ)
-        base = f"{scheme}://{host}{quote(request.script_root)}"
-        if len(_bases_kept) >= _KEPT:
-            _bases_kept.clear()
-        _bases_kept[key] = base
+        base = _keep(_bases_kept, key, f"{scheme}://{host}{quote(request.script_root)}")
     return base
 
 
@@ -555,9 +559,7 @@ def _feed(
         metrics.CACHE_HIT.inc()
     route = environ.get(_ROUTE)
     if route is not None and routed:
-        if len(found.routes) >= _KEPT:
-            found.routes.clear()
-        found.routes[route] = (key, feed_format)
+        _keep(found.routes, route, (key, feed_format))
     return _response(memo.body, memo.headers, _answered(memo, environ, feed_format))
 
 

@@ -28,16 +28,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import BIN, ENTRIES, Bench, Report, Sample, bench, log, py_spy_table, tree_cpu
+from harness import (
+    BIN,
+    CHANGED_SHARE,
+    ENTRIES,
+    NEW_PER_CHANGE,
+    Bench,
+    Report,
+    Sample,
+    bench,
+    log,
+    py_spy_table,
+    tree_cpu,
+)
 
 from aggregator import batch
 from aggregator import config as config_module
 from aggregator.pollers import Pollers, processes_for
 from aggregator.services import open_store
 from aggregator.update import Outcome
-
-CHANGED_SHARE = 0.1
-NEW_PER_CHANGE = 2
 
 
 def main() -> int:

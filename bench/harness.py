@@ -38,6 +38,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 BIN = Path(sys.executable).parent  # the virtualenv's scripts: aggregator, gunicorn, py-spy
 ENTRIES = 20  # per feed
+CHANGED_SHARE = 0.1  # of the feeds, rewritten before a "10 % changed" cycle
+NEW_PER_CHANGE = 2  # entries a rewritten feed gains
 
 
 def log(message: str) -> None:

@@ -23,11 +23,21 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from harness import BIN, ENTRIES, Report, Sample, Target, bench, log, py_spy, timed_command
+from harness import (
+    BIN,
+    CHANGED_SHARE,
+    ENTRIES,
+    NEW_PER_CHANGE,
+    Report,
+    Sample,
+    Target,
+    bench,
+    log,
+    py_spy,
+    timed_command,
+)
 
 PEERS = str(Path(__file__).with_name("peers.py"))
-CHANGED_SHARE = 0.1  # of the feeds, rewritten before the "10 % changed" poll
-NEW_PER_CHANGE = 2  # entries a rewritten feed gains
 
 
 def main() -> int:

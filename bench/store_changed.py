@@ -26,20 +26,13 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from harness import ENTRIES, Bench, Feed, bench, log
+from harness import ENTRIES, MIME_TYPES, Bench, Feed, bench, log
 
 from aggregator import config as config_module
 from aggregator.models import FetchResult, Validators
 from aggregator.services import open_store
 from aggregator.store import Address
 from aggregator.update import PARSE_MODULES, Changed, store_changed
-
-TYPES = {
-    "rss": "application/rss+xml",
-    "atom": "application/atom+xml",
-    "rdf": "application/rdf+xml",
-    "json": "application/feed+json",
-}
 
 
 def main() -> int:
@@ -83,7 +76,7 @@ def changes(b: Bench, config: Any, feeds: Any, count: int) -> list[Changed]:
         assert isinstance(feed, Feed)
         url = b.farm.url(feed)
         body = (b.farm.root / feed.path).read_bytes()
-        fetched = FetchResult(url, url, 200, TYPES[feed.kind], body, Validators(f'"{count}"'))
+        fetched = FetchResult(url, url, 200, MIME_TYPES[feed.kind], body, Validators(f'"{count}"'))
         state: dict[str, str | int | float] = {"url": url, "last_poll": now.timestamp()}
         out.append(
             Changed(

@@ -214,7 +214,11 @@ def test_shutdown_ends_every_worker_of_a_broken_pool() -> None:
         asyncio.run(p.run(URL, signal.raise_signal, signal.SIGKILL))
     assert p.restarts == 1
     # What the race leaves: a live process among the broken pool's workers.
-    late = multiprocessing.get_context("forkserver").Process(target=time.sleep, args=(60,))
+    late = multiprocessing.get_context("forkserver").Process(
+        target=time.sleep,
+        args=(60,),
+        daemon=True,  # a failed run must not wait for it at exit
+    )
     late.start()
     broken._processes[late.pid] = late  # type: ignore[attr-defined,index]
     p.shutdown()

@@ -159,10 +159,10 @@ def test_cluster_serves_what_one_node_serves(site: Site, cluster_site: Site) -> 
     for name in (s["name"] for s in sources):
         # Entries in the document: the same counts. (Not "stored": which of two sources
         # bringing one story keeps it when max_entries cuts between copies dated alike depends
-        # on which saved first, as the feeds above show the same entries either way.)
+        # on which saved first, as the feeds above show the same entries either way; the
+        # total stored is compared above.)
         one_row, cluster_row = status[0][name], status[1][name]
         assert one_row["entries"] == cluster_row["entries"], (one_row, cluster_row)
-        assert one_row["stored"] != "-" and cluster_row["stored"] != "-", (one_row, cluster_row)
 
     exports = []
     for s in (site, cluster_site):

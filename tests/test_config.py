@@ -183,7 +183,9 @@ def test_names_browsers_drop_from_urls_are_refused(name: str) -> None:
 def test_a_cluster_url_names_one_node_or_several(
     url: str, first: str, others: tuple[tuple[str, int], ...]
 ) -> None:
-    assert config.parse(f"settings: {{redis_url: '{url}'}}", Path("f.yaml")).settings.redis_url
+    assert (
+        config.parse(f"settings: {{redis_url: '{url}'}}", Path("f.yaml")).settings.redis_url == url
+    )
     nodes = redis_urls.cluster(url)
     assert (nodes.first, nodes.others) == (first, others)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import readme_support
 from tests.conftest import free_port
 from tests.readme_support import (
     Site,
@@ -213,24 +213,15 @@ def test_a_worker_without_metrics_port_counts_nothing(site: Site) -> None:
     """A worker whose metrics no one can read (no --metrics-port) polls as any other and
     reports to the fleet view, but never imports prometheus_client to count."""
     site.write(standard_sources(site))
-    log = site.root / "importtime.log"
-    with log.open("wb") as err:
-        worker = subprocess.Popen(
-            [sys.executable, "-X", "importtime", "-m", "aggregator", "worker"],
-            env=site.env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            cwd=site.root,
-        )
-    try:
+    # Its stderr (where -X importtime writes) goes to the log `Site` keeps for it.
+    worker = site._spawn([sys.executable, "-X", "importtime", "-m", "aggregator", "worker"], None)
 
-        def polled() -> bool:
-            rows = workers_table(site)
-            return any(r["pid"] == str(worker.pid) and int(r["polls"]) >= 2 for r in rows.values())
+    def polled() -> bool:
+        rows = workers_table(site)
+        return any(r["pid"] == str(worker.pid) and int(r["polls"]) >= 2 for r in rows.values())
 
-        wait_for(polled, "the worker polled both sources", 30)
-    finally:
-        assert stop(worker, signal.SIGTERM) == 0
-    imported = log.read_text(encoding="utf-8", errors="replace")
+    wait_for(polled, "the worker polled both sources", 30, process=worker)
+    assert stop(worker, signal.SIGTERM) == 0
+    imported = readme_support._LOGS[worker.pid].read_text(encoding="utf-8", errors="replace")
     assert "aggregator.scheduler" in imported  # the log is the worker's
     assert "prometheus_client" not in imported

@@ -28,12 +28,9 @@ from redis.connection import PythonRespSerializer
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from aggregator import keys, redis_urls
+from aggregator import keys, metrics, redis_urls
 from aggregator.errors import StorageError
 from aggregator.store.staged import Staged
-
-# aggregator.metrics (prometheus_client) is imported where a retry is counted, not here: a short
-# command such as `aggregator status` reads the store, serves no metrics, and should not load it.
 
 T = TypeVar("T")
 MAX_ATTEMPTS = 32  # a save that keeps conflicting: retried with backoff, about 5 s at most
@@ -226,8 +223,6 @@ class StoreBase:
                     try:
                         return self._riding(functools.partial(_apply, attempt, pipe))
                     except redis.WatchError:
-                        from aggregator import metrics  # not at the top: see there
-
                         metrics.conflicted()
                         # Many sources saving one story at once keep conflicting if they
                         # retry in step: each waits a random while, longer every time.
@@ -248,8 +243,6 @@ class StoreBase:
             except _NODE_ERRORS:
                 if time.monotonic() > deadline:
                     raise
-                from aggregator import metrics  # not at the top: see there
-
                 metrics.FAILOVER.inc()
             time.sleep(wait)
             wait = min(wait * 2, 1.0)

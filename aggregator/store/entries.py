@@ -91,13 +91,6 @@ class Entries(StoreBase):
         self, kind: keys.Kind, name: str = "", limit: int = 50, offset: int = 0
     ) -> list[Entry]:
         """Newest first."""
-        return [Entry.from_stored(r) for r in self.stored_entries(kind, name, limit, offset)]
-
-    def stored_entries(
-        self, kind: keys.Kind, name: str = "", limit: int = 50, offset: int = 0
-    ) -> list[bytes]:
-        """What `entries` decodes: each entry as stored (`Entry.to_stored`), newest first, for
-        a reader that keeps what it made of each (the web app's rendered entries)."""
         if limit <= 0:
             return []
         with _storage_errors(f"reading {kind} {name}"):
@@ -110,7 +103,7 @@ class Entries(StoreBase):
             if not ids:
                 return []
             raw = self._mget([self.keys.entry(i) for i in ids])
-        return [r for r in raw if r]
+        return [Entry.from_stored(r) for r in raw if r]
 
     def entry(self, entry_id: str) -> Entry | None:
         with _storage_errors(f"reading entry {entry_id}"):

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-from aggregator import keys
+from aggregator import keys, metrics
 from aggregator.keys import Layout
 from aggregator.models import SourceState, Validators, guids_from_stored
 from aggregator.store.base import _dt, _some, _storage_errors, _ts
@@ -167,10 +167,6 @@ class Schedule(Hosts):
                 keys=[keys.DUE, keys.LEASES], args=[now.timestamp(), _ts(lease_until), limit]
             )
         if taken:
-            # Imported where counted: prometheus_client is a worker's, not every command's
-            # (`aggregator status` reads the store and serves no metrics).
-            from aggregator import metrics
-
             metrics.LEASE_TAKEOVERS.inc(int(taken))
         return [str(n) for n in names]
 
