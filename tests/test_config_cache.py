@@ -13,7 +13,7 @@ from typing import Any
 
 from aggregator import config as config_module
 from aggregator import config_cache
-from tests.readme_support import Site, standard_sources, table_rows
+from tests.readme_support import Site, standard_sources, table_rows, tech_items, titles
 
 # What a command sees of its configuration, and whether it had to import the checkers.
 _PROBE = """
@@ -84,6 +84,10 @@ def test_an_edit_is_read_at_once(site: Site) -> None:
     checked = site.cli("check")
     assert checked.returncode == 0, checked.stderr
     assert "3 sources" in checked.stdout
+    # What a subscriber sees: the next poll files tech's entries under the new tag.
+    assert site.poll().counts["ok"] >= 2
+    science = site.web().ok("/tags/science.atom").feed()
+    assert sorted(titles(science)) == sorted(item.title for item in tech_items())
 
 
 def test_a_broken_edit_is_reported_on_every_run(site: Site) -> None:
